@@ -1,0 +1,174 @@
+"""Argument validation shared by every backend.
+
+Each check raises ``ValueError`` (bad value or shape) or ``TypeError`` (bad dtype) with a
+message that names the argument and says what was expected. Checks that would need the
+values of a device tensor (label range, negative per-sample eps) run on the host only for
+CPU tensors outside ``torch.compile``; elsewhere they become asynchronous device asserts so
+that the ops never synchronise with the host.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+NORMS = ("linf", "l2")
+REDUCTIONS = ("mean", "sum", "none")
+
+Budget = Union[float, int, torch.Tensor]
+
+
+def _host_checkable(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
+def check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float32, float16, bfloat16 or float64, got {t.dtype}"
+        )
+
+
+def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
+    present = {k: v for k, v in tensors.items() if v is not None}
+    devices = {k: v.device for k, v in present.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{k} on {d}" for k, d in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listed}")
+
+
+def check_target(target: torch.Tensor, batch: int, num_classes: int) -> torch.Tensor:
+    """Validate class labels (B,) in [0, C) and return them as int64."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
+    if target.dtype.is_floating_point or target.dtype in (torch.bool, torch.complex64):
+        raise TypeError(f"target must hold integer class indices (int64), got {target.dtype}")
+    if target.dim() != 1 or target.shape[0] != batch:
+        raise ValueError(
+            f"target must have shape ({batch},) to match features, got {tuple(target.shape)}"
+        )
+    target = target.long()
+    if batch == 0:
+        return target
+    if _host_checkable(target):
+        lo, hi = int(target.min()), int(target.max())
+        if lo < 0 or hi >= num_classes:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"target holds label {bad}, expected labels in [0, {num_classes}) "
+                f"for weight with {num_classes} classes"
+            )
+    else:
+        ok = (target >= 0).all() & (target < num_classes).all()
+        torch._assert_async(ok, f"target labels must lie in [0, {num_classes})")
+    return target
+
+
+def check_he_inputs(
+    features: torch.Tensor, weight: torch.Tensor, target: Optional[torch.Tensor]
+) -> Optional[torch.Tensor]:
+    """Validate HE head inputs: features (B, D), weight (C, D), target (B,) in [0, C)."""
+    check_float("features", features)
+    check_float("weight", weight)
+    if features.dim() != 2:
+        raise ValueError(f"features must be 2-D (B, D), got shape {tuple(features.shape)}")
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be 2-D (C, D), got shape {tuple(weight.shape)}")
+    if weight.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"weight must have D = {features.shape[1]} columns to match features, "
+            f"got shape {tuple(weight.shape)}"
+        )
+    if features.shape[0] < 1 or features.shape[1] < 1:
+        raise ValueError(f"features must have B >= 1 and D >= 1, got shape {tuple(features.shape)}")
+    if weight.shape[0] < 2:
+        raise ValueError(f"weight must have C >= 2 class rows, got shape {tuple(weight.shape)}")
+    check_same_device(features=features, weight=weight, target=target)
+    if target is None:
+        return None
+    return check_target(target, features.shape[0], weight.shape[0])
+
+
+def check_scale_margin(scale: float, margin: float, label_smoothing: float = 0.0) -> None:
+    if not float(scale) > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    if not float(margin) >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
+
+
+def check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+
+
+def check_norm(norm: str) -> str:
+    if not isinstance(norm, str) or norm.lower() not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    return norm.lower()
+
+
+def check_clip(clip: Optional[Sequence[float]]) -> Tuple[float, float]:
+    """Return the box as (lo, hi) floats; None means no box (±inf)."""
+    if clip is None:
+        return float("-inf"), float("inf")
+    try:
+        lo, hi = (float(v) for v in clip)
+    except (TypeError, ValueError):
+        raise ValueError(f"clip must be None or a pair (lo, hi) of floats, got {clip!r}") from None
+    if not lo <= hi:
+        raise ValueError(f"clip must satisfy lo <= hi, got {clip!r}")
+    return lo, hi
+
+
+def per_sample(name: str, value: Budget, like: torch.Tensor) -> torch.Tensor:
+    """Turn a float or a (B,) tensor budget into a float32 (B,) tensor on like's device."""
+    batch = like.shape[0]
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0:
+            value = value.reshape(1).expand(batch)
+        if value.dim() != 1 or value.shape[0] != batch:
+            raise ValueError(
+                f"{name} must be a float or a tensor of shape ({batch},), got shape {tuple(value.shape)}"
+            )
+        if value.device != like.device:
+            raise ValueError(f"{name} must be on {like.device}, got {value.device}")
+        if not value.dtype.is_floating_point:
+            value = value.float()
+        if _host_checkable(value):
+            if bool((value < 0).any()) or bool(value.isnan().any()):
+                raise ValueError(f"{name} must be >= 0 for every sample, got {value.tolist()}")
+        else:
+            torch._assert_async((value >= 0).all(), f"{name} must be >= 0 for every sample")
+        return value.to(torch.float32).contiguous()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a tensor of shape ({batch},), got {type(value).__name__}")
+    if not float(value) >= 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return torch.full((batch,), float(value), dtype=torch.float32, device=like.device)
+
+
+def check_pgd_inputs(x_adv: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor,
+                     out: Optional[torch.Tensor] = None) -> None:
+    """x_adv, grad, x_nat (and out) share one shape (B, ...) with B >= 1 and one device."""
+    for name, t in (("x_adv", x_adv), ("grad", grad), ("x_nat", x_nat)):
+        check_float(name, t)
+    if x_adv.dim() < 1 or x_adv.shape[0] < 1:
+        raise ValueError(f"x_adv must have shape (B, ...) with B >= 1, got {tuple(x_adv.shape)}")
+    for name, t in (("grad", grad), ("x_nat", x_nat)):
+        if t.shape != x_adv.shape:
+            raise ValueError(
+                f"{name} must have the shape of x_adv {tuple(x_adv.shape)}, got {tuple(t.shape)}"
+            )
+    if out is not None:
+        check_float("out", out)
+        if out.shape != x_adv.shape or out.dtype != x_adv.dtype:
+            raise ValueError(
+                f"out must match x_adv in shape {tuple(x_adv.shape)} and dtype {x_adv.dtype}, "
+                f"got {tuple(out.shape)} {out.dtype}"
+            )
+    check_same_device(x_adv=x_adv, grad=grad, x_nat=x_nat, out=out)

@@ -1,0 +1,8 @@
+"""The reference backend: plain torch ops that read like SPEC §2 and define the semantics.
+
+Every other backend is tested against these functions.
+"""
+from heat_fast.reference.he_loss import he_cross_entropy, he_logits
+from heat_fast.reference.pgd import pgd_step, random_init
+
+__all__ = ["he_cross_entropy", "he_logits", "pgd_step", "random_init"]

@@ -1,0 +1,69 @@
+"""Reference HE logits and cosine-margin cross-entropy (SPEC §2.1), in plain torch.
+
+    x̃ = x / max(‖x‖, 1e-12)          (feature normalization, FN)
+    W̃_c = W_c / max(‖W_c‖, 1e-12)    (weight normalization, WN)
+    cos θ = x̃ · W̃ᵀ
+    logits = s · (cos θ − m · onehot(y))
+    L = CE(logits, y)
+
+All math runs in float32 (float64 stays float64, so gradcheck can use this path).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from heat_fast import _checks
+
+NORM_EPS = 1e-12
+
+
+def _math_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def he_logits(
+    features: torch.Tensor,
+    weight: torch.Tensor,
+    scale: float = 1.0,
+    margin: float = 0.0,
+    target: Optional[torch.Tensor] = None,
+    feature_norm: bool = True,
+    weight_norm: bool = True,
+) -> torch.Tensor:
+    """s · (cos θ − m · onehot(target)) as a float32 (B, C) tensor (float64 for float64 inputs)."""
+    target = _checks.check_he_inputs(features, weight, target)
+    _checks.check_scale_margin(scale, margin)
+    if margin != 0 and target is None:
+        raise ValueError("target is required when margin != 0 (the margin applies to the target class)")
+    dtype = _math_dtype(features)
+    x = features.to(dtype)
+    w = weight.to(dtype)
+    if feature_norm:
+        x = F.normalize(x, dim=1, eps=NORM_EPS)
+    if weight_norm:
+        w = F.normalize(w, dim=1, eps=NORM_EPS)
+    cos = x @ w.t()
+    if margin != 0:
+        cos = cos - margin * F.one_hot(target, weight.shape[0]).to(dtype)
+    return scale * cos
+
+
+def he_cross_entropy(
+    features: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    scale: float = 15.0,
+    margin: float = 0.2,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    feature_norm: bool = True,
+    weight_norm: bool = True,
+) -> torch.Tensor:
+    """CE(s · (cos θ − m · onehot(y)), y): a float32 scalar, or (B,) for reduction="none"."""
+    _checks.check_reduction(reduction)
+    _checks.check_scale_margin(scale, margin, label_smoothing)
+    logits = he_logits(features, weight, scale, margin, target, feature_norm, weight_norm)
+    return F.cross_entropy(logits, target.long(), reduction=reduction, label_smoothing=label_smoothing)
