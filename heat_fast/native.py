@@ -8,3 +8,5 @@ import torch
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     return "the extension heat_fast._C is not built"
+
+BUILD_INFO: dict = {}

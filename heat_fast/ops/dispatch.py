@@ -18,12 +18,13 @@ returns None when it can run, else a sentence saying why not.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from types import ModuleType
 from typing import Dict, Optional, Tuple
 
 import torch
+
+from heat_fast import native, triton_kernels
 
 BACKENDS: Tuple[str, ...] = ("reference", "triton", "native")
 ENV_VAR = "HEAT_FAST_BACKEND"
@@ -31,7 +32,7 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
     "cuda": ("triton", "native", "reference"),
     "cpu": ("native", "reference"),
 }
-_MODULES = {"triton": "heat_fast.triton_kernels", "native": "heat_fast.native"}
+_MODULES: Dict[str, ModuleType] = {"triton": triton_kernels, "native": native}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -40,7 +41,7 @@ class BackendUnavailableError(RuntimeError):
 
 def kernels(name: str) -> ModuleType:
     """The module holding backend ``name``'s kernel functions."""
-    return importlib.import_module(_MODULES[name])
+    return _MODULES[name]
 
 
 def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
