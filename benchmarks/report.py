@@ -1,0 +1,40 @@
+"""Turn a pytest-benchmark JSON file into Markdown tables of ratios against the reference.
+
+    python benchmarks/report.py bench.json
+
+For each group (op, shape, dtype, device) prints every backend's median time, its spread
+(IQR) and its speed-up over the eager reference measured in the same run; bandwidth where
+the benchmark recorded the bytes it moves.
+"""
+import json
+import sys
+from collections import defaultdict
+
+
+def tables(path: str) -> str:
+    with open(path) as handle:
+        data = json.load(handle)
+    groups = defaultdict(dict)
+    for bench in data["benchmarks"]:
+        groups[bench["group"]][bench["extra_info"]["backend"]] = bench
+    machine = data.get("machine_info", {})
+    lines = [f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
+             f"python {machine.get('python_version', '?')}, run {data.get('datetime', '?')}", ""]
+    for group in sorted(groups):
+        rows = groups[group]
+        reference = rows.get("reference")
+        lines += [f"### {group}", "", "| backend | median ms | IQR ms | vs reference | GB/s |",
+                  "|---|---|---|---|---|"]
+        for backend, bench in sorted(rows.items(), key=lambda kv: kv[1]["stats"]["median"]):
+            stats = bench["stats"]
+            ratio = f"{reference['stats']['median'] / stats['median']:.2f}x" if reference else "-"
+            moved = bench["extra_info"].get("bytes_moved")
+            bandwidth = f"{moved / stats['median'] / 1e9:.1f}" if moved else "-"
+            lines.append(f"| {backend} | {stats['median'] * 1e3:.3f} | {stats['iqr'] * 1e3:.3f} "
+                         f"| {ratio} | {bandwidth} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(tables(sys.argv[1]))
