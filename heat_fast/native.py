@@ -1,12 +1,158 @@
-"""The native backend: loader for the compiled extension heat_fast._C (not built yet)."""
+"""The native backend: the compiled extension heat_fast._C (csrc/).
+
+C++ CPU kernels always, CUDA kernels when the extension was built with CUDA. Importing this
+module loads nothing; the extension is loaded on first use, and a built extension that fails
+to load (for example one built for another torch) warns once and leaves the backend
+unavailable, so ``backend="auto"`` falls back to the others. ``HEAT_FAST_DISABLE_NATIVE=1``
+makes the backend unavailable at run time.
+
+Kernel functions (contracts in heat_fast.ops.he_loss and heat_fast.ops.pgd):
+``he_ce_forward``, ``he_ce_backward``, ``pgd_step_`` and ``random_init_``; they call the
+dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
+``BUILD_INFO`` is the build metadata (torch, cuda, compiler, with_cuda, ...), empty when the
+extension was never built.
+"""
 from __future__ import annotations
 
-from typing import Optional
+import functools
+import importlib
+import os
+import warnings
+from typing import Any, Dict, Optional, Tuple
 
 import torch
+from torch import Tensor
+
+DISABLE_ENV = "HEAT_FAST_DISABLE_NATIVE"
+REBUILD = "pip install --no-build-isolation -e ."
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _recorded_build_info() -> Dict[str, Any]:
+    """What setup.py recorded in heat_fast/_build_info.py ({} when it did not run)."""
+    try:
+        module = importlib.import_module("heat_fast._build_info")
+    except ImportError:
+        return {}
+    return dict(module.BUILD_INFO)
+
+
+def _running() -> str:
+    return f"torch {torch.__version__} / CUDA {torch.version.cuda}"
+
+
+def _built_for(info: Dict[str, Any]) -> str:
+    return f"torch {info.get('torch', '?')} / CUDA {info.get('cuda')}"
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> Tuple[Optional[Any], Optional[str], Dict[str, Any]]:
+    """(extension module or None, why it is unusable or None, build info), computed once."""
+    info = _recorded_build_info()
+    if info and info.get("torch") != torch.__version__:
+        return None, _mismatch(info, "it was not loaded"), info
+    try:
+        module = importlib.import_module("heat_fast._C")
+    except ModuleNotFoundError as error:
+        if error.name != "heat_fast._C":
+            return None, _mismatch(info, f"loading it failed: {error}"), info
+        return None, (f"the extension heat_fast._C is not built (installed with "
+                      f"HEAT_FAST_NO_NATIVE=1, or not installed); build it with `{REBUILD}`"), info
+    except (ImportError, OSError) as error:
+        return None, _mismatch(info, f"loading it failed: {error}"), info
+    info = {**module.build_info(), **info}
+    _register_fakes()
+    return module, None, info
+
+
+def _mismatch(info: Dict[str, Any], what: str) -> str:
+    reason = (f"the extension heat_fast._C was built for {_built_for(info)} but {_running()} "
+              f"is running, and {what}; rebuild it with `{REBUILD}`")
+    warnings.warn(f"heat_fast: native backend disabled: {reason}", RuntimeWarning, stacklevel=3)
+    return reason
+
+
+def _register_fakes() -> None:
+    def stat_dtype(t: Tensor) -> torch.dtype:
+        return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+    @torch.library.register_fake("heat_fast_C::he_ce_forward")
+    def _(features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm):
+        dtype = stat_dtype(features)
+        batch, classes = features.shape[0], weight.shape[0]
+        return (features.new_empty((batch,), dtype=dtype),
+                features.new_empty((batch, classes), dtype=dtype),
+                features.new_empty((batch,), dtype=dtype),
+                features.new_empty((classes,), dtype=dtype))
+
+    @torch.library.register_fake("heat_fast_C::he_ce_backward")
+    def _(grad_rows, features, weight, grad_cos, feature_norms, weight_norms, feature_norm,
+          weight_norm):
+        return torch.empty_like(features), torch.empty_like(weight)
+
+    @torch.library.register_fake("heat_fast_C::pgd_step_")
+    def _(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max):
+        return None
+
+    @torch.library.register_fake("heat_fast_C::random_init_")
+    def _(out, x_nat, eps, seed, norm, clip_min, clip_max):
+        return None
+
+
+def __getattr__(name: str) -> Any:
+    if name == "BUILD_INFO":
+        return dict(_load()[2])
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    return "the extension heat_fast._C is not built"
+    """None when the native kernels can run on (device, dtype), else a sentence saying why."""
+    if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
+        return f"disabled by the environment variable {DISABLE_ENV}"
+    module, reason, info = _load()
+    if module is None:
+        return reason
+    if dtype not in DTYPES:
+        return f"no native kernels for {dtype} (float32, float16, bfloat16, float64 only)"
+    device = torch.device(device)
+    if device.type == "cuda" and not info.get("with_cuda"):
+        return ("heat_fast._C was built without CUDA kernels; rebuild with nvcc and a CUDA "
+                f"build of torch (or HEAT_FAST_FORCE_CUDA=1 and TORCH_CUDA_ARCH_LIST): `{REBUILD}`")
+    if device.type not in ("cpu", "cuda"):
+        return f"no native kernels for {device.type} tensors (cpu and cuda only)"
+    return None
 
-BUILD_INFO: dict = {}
+
+def _ops() -> Any:
+    module, reason, _ = _load()
+    if module is None:
+        raise RuntimeError(f"heat_fast native backend unavailable: {reason}")
+    return torch.ops.heat_fast_C
+
+
+def he_ce_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float, margin: float,
+                  label_smoothing: float, feature_norm: bool, weight_norm: bool
+                  ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss_rows, grad_cos, feature_norms, weight_norms); see heat_fast.ops.he_loss."""
+    return tuple(_ops().he_ce_forward(features, weight, target, scale, margin, label_smoothing,
+                                      feature_norm, weight_norm))
+
+
+def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos: Tensor,
+                   feature_norms: Tensor, weight_norms: Tensor, feature_norm: bool,
+                   weight_norm: bool) -> Tuple[Tensor, Tensor]:
+    """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss."""
+    return tuple(_ops().he_ce_backward(grad_rows, features, weight, grad_cos, feature_norms,
+                                       weight_norms, feature_norm, weight_norm))
+
+
+def pgd_step_(out: Tensor, x_adv: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,
+              alpha: Tensor, norm: str, clip_min: float, clip_max: float) -> None:
+    """Writes the projected step into out (which may be x_adv); see heat_fast.ops.pgd."""
+    _ops().pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max)
+
+
+def random_init_(out: Tensor, x_nat: Tensor, eps: Tensor, seed: Tensor, norm: str,
+                 clip_min: float, clip_max: float) -> None:
+    """Writes a random start drawn from seed into out; see heat_fast.ops.pgd."""
+    _ops().random_init_(out, x_nat, eps, seed, norm, clip_min, clip_max)

@@ -1,0 +1,177 @@
+"""What every attack shares: the base classes, eval mode, input gradients and the
+per-example worst-case tracker.
+
+Contract of every :class:`Attack` call ``attack(model, x, y) -> x_adv``: x (B, ...) float in
+the box, y (B,) int labels; the model runs in eval mode and every module's previous mode is
+restored afterwards; ``x`` and ``y`` are never modified; input gradients come from
+``torch.autograd.grad`` (parameters' ``.grad`` stay untouched); x_adv lies in the ε-ball
+around x and in the box. :class:`BallAttack` attacks only the examples the model classifies
+correctly, stops attacking an example once it is fooled and keeps that first fooling input;
+an example never fooled gets its highest-loss iterate over all steps and restarts. Restart
+r's random start is drawn for the whole batch from a generator seeded with ``seed``, so more
+restarts or (at a fixed step size) more steps can only fool more examples.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import math
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from heat_fast import _checks
+from heat_fast.attacks.losses import LossFn
+from heat_fast.ops import pgd_step, random_init
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put every module of ``model`` in eval mode; restore each one's own mode on exit."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: Tensor) -> Tensor:
+    """Predicted labels argmax model(x) (B,), without building a graph."""
+    return model(x).argmax(dim=1)
+
+
+def loss_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
+                  need_grad: bool = True) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Logits, per-example loss and (if ``need_grad``) d loss / d x at x, all detached."""
+    if not need_grad:
+        with torch.no_grad():
+            logits = model(x)
+            return logits, loss_fn(logits, y), None
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        loss = loss_fn(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+    return logits.detach(), loss.detach(), grad
+
+
+class WorstCase:
+    """Per-example worst case over every point an attack visits.
+
+    An example counts as fooled from the first visited point the model misclassifies, and
+    that point is kept; for an unfooled example the visited point of highest loss is kept.
+    Examples misclassified clean start fooled, with x itself.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, clean_logits: Tensor):
+        self.x_adv = x.clone()
+        self.y = y
+        self.fooled = clean_logits.argmax(dim=1) != y
+        self.best_loss = torch.full(y.shape, float("-inf"), device=x.device)
+
+    def robust_indices(self) -> Tensor:
+        return (~self.fooled).nonzero().squeeze(1)
+
+    def update(self, idx: Tensor, x: Tensor, logits: Tensor, loss: Tensor) -> Tensor:
+        """Record points x (rows idx of the batch); return whether each row is now fooled."""
+        was_fooled = self.fooled[idx]
+        fooled_now = (logits.argmax(dim=1) != self.y[idx]) & ~was_fooled
+        better = ~was_fooled & ~fooled_now & (loss > self.best_loss[idx])
+        take = fooled_now | better
+        self.x_adv[idx[take]] = x[take].to(self.x_adv.dtype)
+        self.best_loss[idx[better]] = loss[better].float()
+        self.fooled[idx[fooled_now]] = True
+        return was_fooled | fooled_now
+
+
+def check_batch(x: Tensor, y: Tensor) -> None:
+    """x (B, ...) floating, y (B,) integer labels on x's device."""
+    _checks.check_float("x", x)
+    if x.dim() < 2 or x.shape[0] < 1:
+        raise ValueError(f"x must have shape (B, ...) with B >= 1, got {tuple(x.shape)}")
+    if not isinstance(y, Tensor) or y.dtype.is_floating_point or y.dtype == torch.bool:
+        raise TypeError("y must be a tensor of integer class labels")
+    if y.shape != x.shape[:1]:
+        raise ValueError(f"y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
+    _checks.check_same_device(x=x, y=y)
+
+
+def check_eps(eps: float) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    return float(eps)
+
+
+def check_count(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
+
+
+class Attack(abc.ABC):
+    """An attack: ``attack(model, x, y) -> x_adv`` with the contract of the module docstring."""
+
+    def __call__(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        check_batch(x, y)
+        with eval_mode(model):
+            return self._attack(model, x.detach(), y.detach().long())
+
+    @abc.abstractmethod
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """x_adv for a checked batch, with the model already in eval mode."""
+
+
+class BallAttack(Attack):
+    """A white-box attack in the ε-ball (``norm`` "linf" or "l2") intersected with ``clip``.
+
+    Subclasses implement :meth:`_restart`, one run from a start point on the still-robust
+    rows ``idx``, recording every point they evaluate in the tracker.
+    """
+
+    def __init__(self, eps: float, loss: LossFn, norm: str = "linf", restarts: int = 1,
+                 random_start: bool = True, clip: Optional[Sequence[float]] = (0.0, 1.0),
+                 seed: int = 0, backend: str = "auto"):
+        self.eps = check_eps(eps)
+        self.loss_fn = loss
+        self.norm = _checks.check_norm(norm)
+        self.restarts = check_count("restarts", restarts)
+        if restarts > 1 and not random_start:
+            raise ValueError("restarts > 1 needs random_start=True (restarts would repeat)")
+        self.random_start = random_start
+        self.clip = None if clip is None else _checks.check_clip(clip)
+        self.seed = int(seed)
+        self.backend = backend
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            tracker = WorstCase(x, y, model(x))
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        for _ in range(self.restarts):
+            start = (random_init(x, self.eps, self.norm, self.clip, generator, self.backend)
+                     if self.random_start else x)
+            idx = tracker.robust_indices()
+            if idx.numel() == 0:
+                break
+            self._restart(model, x[idx], y[idx], start[idx], idx, tracker)
+        return tracker.x_adv
+
+    def project(self, point: Tensor, x: Tensor) -> Tensor:
+        """The projection of ``point`` onto the ε-ball around x and the box (a zero step)."""
+        return pgd_step(point, torch.zeros_like(point), x, self.eps, 0.0, self.norm,
+                        self.clip, backend=self.backend)
+
+    @abc.abstractmethod
+    def _restart(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, idx: Tensor,
+                 tracker: WorstCase) -> None:
+        """Attack rows ``idx`` (inputs x, labels y) from the start x_adv."""
+
+
+def keep_rows(keep: Tensor, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Every per-example tensor of ``state`` restricted to the rows where ``keep``."""
+    if bool(keep.all()):
+        return dict(state)
+    return {name: value[keep] for name, value in state.items()}

@@ -1,0 +1,53 @@
+"""The wrapper every heat_fast model shares: normalization inside, a body, a head.
+
+``Classifier(body, feature_dim, num_classes, he, mean, std)`` takes inputs in [0, 1]
+(B, C, H, W), normalizes them per channel with buffers ``mean`` and ``std``, runs ``body``
+to penultimate features (B, D) and applies ``head``: an :class:`~heat_fast.HELinear`
+(bias-free, scale 1, so ``forward`` returns raw cosines in [-1, 1]) when ``he`` is true,
+else an ``nn.Linear``.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from heat_fast.nn import HELinear
+
+
+def _channel_buffer(name: str, values: Optional[Sequence[float]], channels: int,
+                    default: float) -> Tensor:
+    if values is None:
+        values = [default] * channels
+    values = [float(v) for v in values]
+    if len(values) != channels:
+        raise ValueError(f"{name} must have one value per input channel ({channels}), got {values}")
+    if name == "std" and min(values) <= 0:
+        raise ValueError(f"std must be > 0 for every channel, got {values}")
+    return torch.tensor(values, dtype=torch.float32).view(1, channels, 1, 1)
+
+
+class Classifier(nn.Module):
+    """Normalize → body → head; see the module docstring.
+
+    ``features(x)`` returns the body's (B, D) output; ``forward(x)`` the head's (B, C)
+    logits (cosines for an HE head). ``mean``/``std`` of None mean 0 and 1 (no change).
+    """
+
+    def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, he: bool,
+                 in_channels: int = 3, mean: Optional[Sequence[float]] = None,
+                 std: Optional[Sequence[float]] = None):
+        super().__init__()
+        self.register_buffer("mean", _channel_buffer("mean", mean, in_channels, 0.0))
+        self.register_buffer("std", _channel_buffer("std", std, in_channels, 1.0))
+        self.body = body
+        self.he = bool(he)
+        self.head: nn.Module = (HELinear(feature_dim, num_classes) if self.he
+                                else nn.Linear(feature_dim, num_classes))
+
+    def features(self, x: Tensor) -> Tensor:
+        return self.body((x - self.mean) / self.std)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x))

@@ -1,0 +1,17 @@
+"""A small CNN for small images (8×8 digits up to 32×32): three conv-BN-ReLU stages."""
+from __future__ import annotations
+
+from torch import nn
+
+
+def _conv_bn(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+def small_cnn_body(in_channels: int = 1, width: int = 16) -> nn.Sequential:
+    """Body with output (B, 4·width): conv(w) → conv(2w) → maxpool → conv(4w) → global avg."""
+    return nn.Sequential(
+        _conv_bn(in_channels, width), _conv_bn(width, 2 * width), nn.MaxPool2d(2),
+        _conv_bn(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )

@@ -1,0 +1,113 @@
+"""Checkpoints: atomic writes, validated reads, RNG state capture, and model rebuilding.
+
+A training checkpoint is a dict with keys ``model``, ``optimizer``, ``scheduler``,
+``epoch`` (epochs completed), ``rng`` (python / numpy / torch / cuda states plus the run's
+named generators), ``config`` (the full run config, a plain dict) and extra run state
+(``trainer``, ``best``). Files are read with ``torch.load(weights_only=True)``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Dict, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+PathLike = Union[str, os.PathLike]
+REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
+MODEL_CONFIG_KEYS = ("model", "num_classes", "he", "in_channels", "image_size", "mean", "std")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is corrupt or does not hold what heat_fast expects."""
+
+
+def save_checkpoint(path: PathLike, state: dict) -> None:
+    """Write ``state`` to ``path`` atomically: a temp file in the same directory, then
+    ``os.replace``, so a crash never leaves a half-written checkpoint at ``path``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
+    """Read and validate a training checkpoint (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}: expected a file written by heat-fast train "
+                                "(DIR/last.pt or DIR/best.pt)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a damaged file
+        raise CheckpointError(f"corrupt checkpoint {path}: cannot be read by torch.load "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a heat_fast checkpoint: expected a dict, got {type(state).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a heat_fast training checkpoint: missing key(s) {missing} "
+                              f"(expected {list(REQUIRED_KEYS)})")
+    config = state["config"]
+    missing = [k for k in MODEL_CONFIG_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise CheckpointError(f"{path}: its config lacks {missing}, needed to rebuild the model")
+    return state
+
+
+def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, dict]:
+    """Rebuild the model described by a checkpoint's config and load its weights.
+
+    Returns (model in eval mode on ``device``, config dict). Raises FileNotFoundError or
+    :class:`CheckpointError` with the reason.
+    """
+    from heat_fast.models import build_model
+
+    state = load_checkpoint(path, map_location=device)
+    config = state["config"]
+    try:
+        model = build_model(config["model"], config["num_classes"], config["he"],
+                            config["in_channels"], config["image_size"], config["mean"],
+                            config["std"])
+        model.load_state_dict(state["model"])
+    except (ValueError, RuntimeError, TypeError) as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model its config describes "
+                              f"({config['model']}): {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), config
+
+
+def capture_rng(generators: Dict[str, torch.Generator]) -> dict:
+    """Every RNG state a run depends on, as plain data safe for ``weights_only`` loading."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": {k: g.get_state() for k, g in generators.items()},
+    }
+
+
+def restore_rng(state: dict, generators: Dict[str, torch.Generator]) -> None:
+    """Inverse of :func:`capture_rng`."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32),
+                         np_state["pos"], np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for key, generator in generators.items():
+        generator.set_state(state["generators"][key])

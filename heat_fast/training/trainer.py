@@ -1,0 +1,148 @@
+"""The training loop: any model, optimizer and loader of (x, y) batches, any framework."""
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from heat_fast.training.frameworks import Framework, build_framework
+from heat_fast.training.objective import Objective
+
+SCHEDULER_INTERVALS = ("batch", "epoch")
+
+
+class Trainer:
+    """Adversarially train ``model`` with ``framework`` (a name or a :class:`Framework`).
+
+    ``train_loader`` is any iterable of (x, y) with x in [0, 1]; batches are moved to
+    ``device`` (default: the model's), optionally augmented by ``augment(x)`` and made
+    channels_last. Attack settings (``eps``, ``alpha``, ``steps``, ``start``, ``beta``,
+    ``alp_weight``, ``eval_mode``; None = the framework's default: α = ε/4, 10 steps, FastAT
+    α = 1.25ε, FreeAT α = ε and 4 replays) and loss settings (``he`` — default ``model.he`` —,
+    ``scale``, ``margin``, ``backend``, ``bf16``) are passed to :func:`build_framework`
+    when ``framework`` is a name. ``scheduler`` steps per batch or per epoch
+    (``scheduler_interval``). :meth:`state_dict` holds everything but the model and
+    optimizer that a bit-exact resume needs (framework state, generators, loader order).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 train_loader: Iterable[Tuple[Tensor, Tensor]],
+                 framework: Union[str, Framework] = "pgd-at", *, he: Optional[bool] = None,
+                 scale: float = 15.0, margin: float = 0.2, eps: float = 8 / 255,
+                 alpha: Optional[float] = None, steps: Optional[int] = None,
+                 backend: str = "auto", bf16: bool = False, channels_last: bool = False,
+                 scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
+                 scheduler_interval: str = "epoch",
+                 augment: Optional[Callable[[Tensor], Tensor]] = None,
+                 device: Optional[Union[str, torch.device]] = None, seed: int = 0,
+                 max_steps_per_epoch: Optional[int] = None, progress: bool = True,
+                 **framework_options):
+        if scheduler_interval not in SCHEDULER_INTERVALS:
+            raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model, self.optimizer, self.train_loader = model, optimizer, train_loader
+        self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
+        self.augment, self.channels_last = augment, channels_last
+        self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
+        self.generator = torch.Generator(self.device).manual_seed(seed)
+        if isinstance(framework, Framework):
+            self.framework = framework
+        else:
+            objective = Objective(getattr(model, "he", False) if he is None else he, scale,
+                                  margin, backend, bf16)
+            settings = dict(framework_options, eps=eps, alpha=alpha, generator=self.generator)
+            if steps is not None:
+                settings["steps"] = steps
+            self.framework = build_framework(framework, objective, **settings)
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def _prepare(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+        x = x.to(self.device, non_blocking=True).float()
+        y = y.to(self.device, non_blocking=True).long()
+        if self.augment is not None:
+            x = self.augment(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _num_steps(self) -> Optional[int]:
+        try:
+            n = len(self.train_loader)  # type: ignore[arg-type]
+        except TypeError:
+            n = None
+        if self.max_steps_per_epoch is None:
+            return n
+        return self.max_steps_per_epoch if n is None else min(n, self.max_steps_per_epoch)
+
+    def _progress_bar(self, epoch: int):
+        if not self.progress:
+            return contextlib.nullcontext(None)
+        from tqdm.auto import tqdm
+        return tqdm(total=self._num_steps(), desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+
+    def train_epoch(self, epoch: int = 1) -> Dict[str, float]:
+        """One pass over the loader (at most ``max_steps_per_epoch`` batches).
+
+        Returns {"loss", "train_clean_acc", "train_adv_acc", "lr", "steps",
+        "train_seconds"}; the model is left in train mode.
+        """
+        self.model.train()
+        start = time.perf_counter()
+        loss_sum = clean = adv = torch.zeros((), device=self.device)
+        count = steps = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        with self._progress_bar(epoch) as bar:
+            for x, y in self.train_loader:
+                if self.max_steps_per_epoch is not None and steps >= self.max_steps_per_epoch:
+                    break
+                x, y = self._prepare(x, y)
+                lr = self.optimizer.param_groups[0]["lr"]
+                stats = self.framework.train_step(self.model, self.optimizer, x, y)
+                if self.scheduler is not None and self.scheduler_interval == "batch":
+                    self.scheduler.step()
+                loss_sum = loss_sum + stats.loss * stats.count
+                clean, adv = clean + stats.clean_correct, adv + stats.adv_correct
+                count, steps = count + stats.count, steps + 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(stats.loss):.4f}",
+                                    clean=f"{float(clean) / count:.3f}",
+                                    adv=f"{float(adv) / count:.3f}", lr=f"{lr:.4g}")
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        denom = max(count, 1)
+        return {"loss": float(loss_sum) / denom, "train_clean_acc": float(clean) / denom,
+                "train_adv_acc": float(adv) / denom, "lr": lr, "steps": steps,
+                "train_seconds": time.perf_counter() - start}
+
+    def fit(self, epochs: int, start_epoch: int = 0,
+            on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None
+            ) -> List[Dict[str, float]]:
+        """Train epochs ``start_epoch + 1 .. epochs``; ``on_epoch_end(epoch, stats)`` after each."""
+        history = []
+        for epoch in range(start_epoch + 1, epochs + 1):
+            stats = self.train_epoch(epoch)
+            history.append(stats)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, stats)
+        return history
+
+    def state_dict(self) -> dict:
+        """Framework state plus the attack generator, the augmenter and the loader order."""
+        state = {"framework": self.framework.state_dict(),
+                 "generator": self.generator.get_state()}
+        for key, part in (("augment", self.augment), ("loader", self.train_loader)):
+            if hasattr(part, "state_dict"):
+                state[key] = part.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.framework.load_state_dict(state["framework"])
+        self.generator.set_state(state["generator"])
+        for key, part in (("augment", self.augment), ("loader", self.train_loader)):
+            if key in state:
+                part.load_state_dict(state[key])

@@ -1,0 +1,76 @@
+"""Models: every name, HE and linear heads, normalization inside, the features/head contract."""
+import pytest
+import torch
+from torch import nn
+
+from heat_fast import HELinear
+from heat_fast.models import MODEL_NAMES, build_model
+
+FEATURE_DIMS = {"wrn-34-10": 640, "wrn-34-20": 1280, "wrn-28-10": 640, "preact-resnet18": 512,
+                "resnet18": 512, "resnet50": 2048, "small-cnn": 64}
+# published parameter counts (millions), body + 10-class head
+PARAMS_M = {"wrn-34-10": 46.16, "wrn-34-20": 184.53, "wrn-28-10": 36.48, "preact-resnet18": 11.17,
+            "resnet18": 11.17, "resnet50": 23.53, "small-cnn": 0.03}
+CHEAP = ("small-cnn", "preact-resnet18", "resnet18")
+
+
+def _check_contract(name, he):
+    """Real forward for the cheap models; shape-only (meta device) for the big ones."""
+    torch.manual_seed(0)
+    channels, size = (1, 8) if name == "small-cnn" else (3, 8)
+    with torch.device("cpu" if name in CHEAP else "meta"):
+        model = build_model(name, 10, he, channels, size, mean=[0.5] * channels,
+                            std=[0.25] * channels).eval()
+        x = torch.rand(2, channels, size, size)
+    assert model.he is he
+    assert isinstance(model.head, HELinear if he else nn.Linear)
+    if he:
+        assert model.head.scale == 1.0 and not hasattr(model.head, "bias")
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(PARAMS_M[name], abs=0.01)
+    with torch.no_grad():
+        logits, feats = model(x), model.features(x)
+    assert logits.shape == (2, 10) and feats.shape == (2, FEATURE_DIMS[name])
+    if name not in CHEAP:
+        return
+    assert torch.allclose(logits, model.head(feats))
+    if he:
+        assert logits.abs().max() <= 1 + 1e-5
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_model_with_he_head(name):
+    _check_contract(name, True)
+
+
+@pytest.mark.parametrize("name", ["small-cnn", "preact-resnet18"])
+def test_linear_head(name):
+    _check_contract(name, False)
+
+
+def test_normalization_lives_inside_the_model_as_buffers():
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, True, 1, 8, mean=[0.3], std=[0.4]).eval()
+    assert "mean" in dict(model.named_buffers()) and "std" in dict(model.named_buffers())
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        expected = model.head(model.body((x - 0.3) / 0.4))
+        assert torch.allclose(model(x), expected)
+        model.mean.fill_(0.0)
+        assert not torch.allclose(model(x), expected)
+
+
+def test_unknown_model_and_bad_arguments():
+    with pytest.raises(ValueError, match="valid names: wrn-34-10.*small-cnn"):
+        build_model("vgg16", 10, False)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("small-cnn", 1, False)
+    with pytest.raises(ValueError, match="one value per input channel"):
+        build_model("small-cnn", 10, False, in_channels=3, mean=[0.5])
+    with pytest.raises(ValueError, match="std must be > 0"):
+        build_model("small-cnn", 10, False, in_channels=1, std=[0.0])
+
+
+def test_resnet_stem_depends_on_image_size():
+    small = build_model("resnet18", 10, False, 3, 32)
+    large = build_model("resnet18", 10, False, 3, 224)
+    assert small.body[0].kernel_size == (3, 3) and large.body[0].kernel_size == (7, 7)
