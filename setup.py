@@ -66,7 +66,7 @@ def _native_build():
                  f"torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME}")
     if force_cuda and not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         sys.exit("HEAT_FAST_FORCE_CUDA=1 without a visible GPU needs TORCH_CUDA_ARCH_LIST, e.g. '9.0'")
-    cxx_flags = ["-O3", "-g0"]
+    cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math"]
     link_flags: List[str] = []
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
         cxx_flags.append("-fopenmp")

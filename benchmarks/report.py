@@ -3,12 +3,20 @@
     python benchmarks/report.py bench.json
 
 For each group (op, shape, dtype, device) prints every backend's median time, its spread
-(IQR) and its speed-up over the eager reference measured in the same run; bandwidth where
-the benchmark recorded the bytes it moves.
+(IQR) and its speed-up over the eager reference measured in the same run; throughput where
+the benchmark recorded the bytes it moves (GB/s) or the images it processes (img/s).
 """
 import json
 import sys
 from collections import defaultdict
+
+
+def _throughput(info: dict, seconds: float) -> str:
+    if "bytes_moved" in info:
+        return f"{info['bytes_moved'] / seconds / 1e9:.1f} GB/s"
+    if "images_per_step" in info:
+        return f"{info['images_per_step'] / seconds:.0f} img/s"
+    return "-"
 
 
 def tables(path: str) -> str:
@@ -23,15 +31,13 @@ def tables(path: str) -> str:
     for group in sorted(groups):
         rows = groups[group]
         reference = rows.get("reference")
-        lines += [f"### {group}", "", "| backend | median ms | IQR ms | vs reference | GB/s |",
+        lines += [f"### {group}", "", "| backend | median ms | IQR ms | vs reference | throughput |",
                   "|---|---|---|---|---|"]
         for backend, bench in sorted(rows.items(), key=lambda kv: kv[1]["stats"]["median"]):
             stats = bench["stats"]
             ratio = f"{reference['stats']['median'] / stats['median']:.2f}x" if reference else "-"
-            moved = bench["extra_info"].get("bytes_moved")
-            bandwidth = f"{moved / stats['median'] / 1e9:.1f}" if moved else "-"
             lines.append(f"| {backend} | {stats['median'] * 1e3:.3f} | {stats['iqr'] * 1e3:.3f} "
-                         f"| {ratio} | {bandwidth} |")
+                         f"| {ratio} | {_throughput(bench['extra_info'], stats['median'])} |")
         lines.append("")
     return "\n".join(lines)
 

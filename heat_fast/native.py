@@ -72,6 +72,7 @@ def _mismatch(info: Dict[str, Any], what: str) -> str:
     return reason
 
 
+@functools.lru_cache(maxsize=None)
 def _register_fakes() -> None:
     def stat_dtype(t: Tensor) -> torch.dtype:
         return torch.float64 if t.dtype == torch.float64 else torch.float32
@@ -105,8 +106,12 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@torch.compiler.assume_constant_result
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """None when the native kernels can run on (device, dtype), else a sentence saying why."""
+    """None when the native kernels can run on (device, dtype), else a sentence saying why.
+
+    Evaluated eagerly (a constant) when torch.compile traces a caller.
+    """
     if os.environ.get(DISABLE_ENV, "").strip() not in ("", "0"):
         return f"disabled by the environment variable {DISABLE_ENV}"
     module, reason, info = _load()

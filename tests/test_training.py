@@ -321,6 +321,23 @@ def test_presets_reproduce_recipes_and_flags_override():
         preset("nope")
 
 
+def test_framework_defaults_follow_spec():
+    from heat_fast.training.config import TrainConfig
+    fast = TrainConfig(framework="fast-at").resolved()
+    assert (fast.schedule, fast.milestones, fast.steps) == ("cyclic", [], 1)
+    assert fast.alpha == pytest.approx(1.25 * fast.eps)
+    alp = TrainConfig(framework="alp", he=True).resolved()
+    assert (alp.scale, alp.margin, alp.alp_weight) == (20.0, 0.3, 0.5)
+    trades = TrainConfig(framework="trades").resolved()
+    assert (trades.start, trades.beta, trades.scale) == ("normal", 6.0, 15.0)
+    free = TrainConfig(framework="free-at").resolved()
+    assert (free.scale, free.alpha, free.steps) == (10.0, free.eps, 4)
+    assert TrainConfig(epochs=1).resolved().milestones == []  # no decay inside a 1-epoch run
+    model = build_model("small-cnn", 10, True, 1, 8)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), [], "alp", progress=False)
+    assert (trainer.framework.objective.scale, trainer.framework.objective.margin) == (20.0, 0.3)
+
+
 def test_schedules():
     cyclic = lr_factor("cyclic", 2, 10)
     assert cyclic(0) == 0 and cyclic(10) == 1 and cyclic(5) == pytest.approx(0.5)

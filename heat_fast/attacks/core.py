@@ -62,16 +62,16 @@ def loss_and_grad(model: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor,
 class WorstCase:
     """Per-example worst case over every point an attack visits.
 
-    An example counts as fooled from the first visited point the model misclassifies, and
-    that point is kept; for an unfooled example the visited point of highest loss is kept.
-    Examples misclassified clean start fooled, with x itself.
+    x itself counts as visited. An example counts as fooled from the first visited point
+    the model misclassifies, and that point is kept; for an unfooled example the visited
+    point of highest loss is kept.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, clean_logits: Tensor):
+    def __init__(self, x: Tensor, y: Tensor, clean_logits: Tensor, clean_loss: Tensor):
         self.x_adv = x.clone()
         self.y = y
         self.fooled = clean_logits.argmax(dim=1) != y
-        self.best_loss = torch.full(y.shape, float("-inf"), device=x.device)
+        self.best_loss = clean_loss.float()
 
     def robust_indices(self) -> Tensor:
         return (~self.fooled).nonzero().squeeze(1)
@@ -147,8 +147,7 @@ class BallAttack(Attack):
         self.backend = backend
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        with torch.no_grad():
-            tracker = WorstCase(x, y, model(x))
+        tracker = WorstCase(x, y, *loss_and_grad(model, self.loss_fn, x, y, need_grad=False)[:2])
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
         for _ in range(self.restarts):
             start = (random_init(x, self.eps, self.norm, self.clip, generator, self.backend)

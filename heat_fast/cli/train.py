@@ -1,7 +1,8 @@
 """``heat-fast train``: adversarial training (PGD-AT, ALP, TRADES, FreeAT, FastAT), HE on or off.
 
 Only the flags given on the command line override the preset (``--preset``) and the
-defaults; a resumed run (``--resume``) continues with its saved configuration.
+defaults; a resumed run (``--resume``) continues with its saved configuration. Under
+``torchrun`` the same command trains data-parallel (DDP); only rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import json
 import sys
 from fractions import Fraction
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
 from heat_fast.data import DATASET_NAMES
 from heat_fast.data.base import DatasetError
@@ -17,13 +18,19 @@ from heat_fast.models import MODEL_NAMES
 from heat_fast.ops import BackendUnavailableError
 from heat_fast.training.checkpoint import CheckpointError
 from heat_fast.training.config import ConfigError
+from heat_fast.training.distributed import DistributedError
 from heat_fast.training.crafting import STARTS
 from heat_fast.training.frameworks import FRAMEWORKS
 from heat_fast.training.presets import PRESET_NAMES
 from heat_fast.training.schedules import SCHEDULES
 
+if TYPE_CHECKING:
+    from heat_fast.training.run import TrainingRun
+
 EXAMPLE = ("example (a few minutes on a 2-core CPU):\n"
-           "  heat-fast train --framework pgd-at --he --dataset digits --epochs 5 --out runs/x")
+           "  heat-fast train --framework pgd-at --he --dataset digits --epochs 5 --out runs/x\n"
+           "data-parallel on 4 GPUs (--batch-size is the global batch, split over the processes):\n"
+           "  torchrun --nproc_per_node=4 -m heat_fast train --preset pgd-at-he --data-dir DIR")
 
 
 def pixel_budget(text: str) -> float:
@@ -75,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--lr", type=float, help="base / peak learning rate (default 0.1)")
     opt.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     opt.add_argument("--weight-decay", type=float, help="default 5e-4")
-    opt.add_argument("--schedule", choices=SCHEDULES, help="default multistep (cyclic for FastAT presets)")
+    opt.add_argument("--schedule", choices=SCHEDULES, help="default multistep (cyclic for fast-at: 0 → lr → 0)")
     opt.add_argument("--milestones", type=_int_list,
-                     help="0-based epochs from which lr ×gamma, e.g. 74 or 100,105 (default 50%%,75%% of epochs)")
+                     help="0-based epochs from which lr ×gamma, e.g. 74 or 100,105 (default 50%%,75%% of the epochs)")
     opt.add_argument("--gamma", type=float, help="multistep decay (default 0.1)")
     opt.add_argument("--max-steps-per-epoch", type=int, help="cap the batches per epoch (quick runs)")
     atk = p.add_argument_group("attack and loss (budgets in [0, 1] pixel units: 8/255 or 0.031)")
@@ -100,6 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="plain-torch reference ops (same as --backend reference)")
     speed.add_argument("--bf16", action=on_off, help="bfloat16 autocast")
     speed.add_argument("--channels-last", action=on_off, help="channels_last memory format")
+    dist = p.add_argument_group("distributed (under torchrun; --batch-size is the global batch)")
+    dist.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,
+                      help="process-group backend (default nccl on CUDA, gloo on CPU)")
+    dist.add_argument("--sync-bn", action=on_off,
+                      help="SyncBatchNorm across processes (CUDA only; default off)")
     ev = p.add_argument_group("per-epoch evaluation (a monitor; use heat-fast eval for robustness)")
     ev.add_argument("--eval-examples", type=int, help="fixed test subset size (default 500)")
     ev.add_argument("--eval-steps", type=int, help="PGD steps on it (default 10)")
@@ -110,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-CONTROL_FLAGS = ("preset", "resume", "overwrite", "no_progress", "json")
+CONTROL_FLAGS = ("preset", "resume", "overwrite", "no_progress", "json", "dist_backend")
 
 
 def _values(args: argparse.Namespace) -> Dict[str, object]:
@@ -155,21 +167,32 @@ def main(argv: List[str]) -> int:
     try:
         config = build_config(values, preset_name)
         run = prepare(config, resume_values=values, resume=args.resume,
-                      overwrite=args.overwrite, progress=not args.no_progress)
+                      overwrite=args.overwrite, progress=not args.no_progress,
+                      dist_backend=args.dist_backend)
     except (ConfigError, DatasetError, CheckpointError, BackendUnavailableError,
-            FileNotFoundError) as exc:
+            DistributedError, FileNotFoundError) as exc:
         print(f"heat-fast train: error: {exc}", file=sys.stderr)
         return 2
-    cfg = run.config
-    print(f"heat-fast train: {cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} "
-          f"({cfg.model}), eps {cfg.eps:.4g}, alpha {cfg.alpha:.4g}, steps {cfg.steps}, "
-          f"epochs {run.start_epoch + 1}..{cfg.epochs}, device {cfg.device}, backend {cfg.backend}"
-          f"{', bf16' if cfg.bf16 else ''} -> {run.out}")
+    try:
+        return _train(run, args.json)
+    finally:
+        run.close()
+
+
+def _train(run: "TrainingRun", as_json: bool) -> int:
+    cfg, ctx = run.config, run.distributed
+    where = f"device {cfg.device}" if ctx is None else f"{ctx.world_size} processes on {ctx.device.type}"
+    if run.is_main:
+        print(f"heat-fast train: {cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} "
+              f"({cfg.model}), eps {cfg.eps:.4g}, alpha {cfg.alpha:.4g}, steps {cfg.steps}, "
+              f"epochs {run.start_epoch + 1}..{cfg.epochs}, {where}, backend {cfg.backend}"
+              f"{', bf16' if cfg.bf16 else ''} -> {run.out}")
     try:
         summary = run.run()
     except KeyboardInterrupt:
         print(f"\ninterrupted; {run.out}/last.pt holds the last finished epoch; "
               f"continue with --resume --out {run.out}", file=sys.stderr)
         return 130
-    _print_summary(summary, args.json)
+    if run.is_main:
+        _print_summary(summary, as_json)
     return 0

@@ -13,16 +13,27 @@ class TensorLoader:
     The order depends only on the generator's state, which :meth:`state_dict` /
     :meth:`load_state_dict` save and restore (so a resumed run sees the same batches).
     The tensors stay where they are; put them on the training device once beforehand.
+
+    Sharded (``world_size`` > 1): ``batch_size`` is the global batch and must be divisible by
+    ``world_size``; every rank draws the same order (give each the same generator seed) and
+    yields slice ``rank`` of each global batch, so the ranks' batches are disjoint and together
+    are the single-process batch. An incomplete last global batch is dropped.
     """
 
     def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool = True,
-                 generator: Optional[torch.Generator] = None, drop_last: bool = False):
+                 generator: Optional[torch.Generator] = None, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"images and labels differ in length: {images.shape[0]} vs {labels.shape[0]}")
+        if not 0 <= rank < world_size or batch_size % world_size:
+            raise ValueError(f"need 0 <= rank < world_size and batch_size divisible by world_size, "
+                             f"got rank {rank}, world_size {world_size}, batch_size {batch_size}")
         self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
+        self.batch_size, self.shuffle = int(batch_size), shuffle
+        self.drop_last = drop_last or world_size > 1
+        self.rank, self.world_size = rank, world_size
         self.generator = generator if generator is not None else torch.Generator()
 
     def __len__(self) -> int:
@@ -33,8 +44,10 @@ class TensorLoader:
         n = self.images.shape[0]
         order = (torch.randperm(n, generator=self.generator) if self.shuffle
                  else torch.arange(n)).to(self.images.device)
+        share = self.batch_size // self.world_size
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            start = i * self.batch_size + self.rank * share
+            idx = order[start:start + share]
             yield self.images[idx], self.labels[idx]
 
     def state_dict(self) -> dict:

@@ -3,6 +3,7 @@ that say what went wrong (:class:`CheckpointError`) instead of tracebacks."""
 from __future__ import annotations
 
 import json
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -31,13 +32,14 @@ class Checkpoint:
         return self.path.parent
 
     def train_seconds_per_epoch(self) -> Optional[float]:
-        """Mean ``seconds`` over the run's metrics.jsonl epochs, None if unavailable."""
+        """Median ``seconds`` over the run's metrics.jsonl epochs (robust to a busy
+        machine's spikes), None if unavailable."""
         try:
             lines = (self.run_dir / METRICS_FILE).read_text().splitlines()
             seconds = [float(json.loads(line)["seconds"]) for line in lines if line.strip()]
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return sum(seconds) / len(seconds) if seconds else None
+        return statistics.median(seconds) if seconds else None
 
 
 def resolve(path: str | Path) -> Path:

@@ -41,7 +41,7 @@ FRAMEWORK_DEFAULTS = {
     "fast-at": (15.0, 0.2, 1, "uniform"),
 }
 # fields a resumed run may change (everything else must match the checkpoint)
-RESUMABLE_OVERRIDES = ("epochs", "device", "data_dir", "eval_examples", "eval_steps",
+RESUMABLE_OVERRIDES = ("epochs", "device", "backend", "data_dir", "eval_examples", "eval_steps",
                        "eval_batch_size", "out")
 
 
@@ -64,7 +64,7 @@ class TrainConfig:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "multistep"
+    schedule: Optional[str] = None
     milestones: Optional[List[int]] = None
     gamma: float = 0.1
     eps: Optional[float] = None
@@ -83,6 +83,7 @@ class TrainConfig:
     backend: str = "auto"
     bf16: bool = False
     channels_last: bool = False
+    sync_bn: bool = False
     max_steps_per_epoch: Optional[int] = None
     eval_examples: int = 500
     eval_steps: int = 10
@@ -115,14 +116,15 @@ class TrainConfig:
         device = self.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        halfway = [self.epochs // 2, (3 * self.epochs) // 4] if self.schedule == "multistep" else []
+        schedule = _pick(self.schedule, "cyclic" if self.framework == "fast-at" else "multistep")
+        halfway = sorted({m for m in (self.epochs // 2, (3 * self.epochs) // 4) if m >= 1})
         out = dataclasses.replace(
             self, model=_pick(self.model, model), eps=eps, alpha=_pick(self.alpha, alpha),
             batch_size=_pick(self.batch_size, batch_size), steps=_pick(self.steps, steps),
             start=_pick(self.start, start), scale=_pick(self.scale, scale),
             margin=_pick(self.margin, margin), crop_padding=_pick(self.crop_padding, padding),
-            flip=_pick(self.flip, flip), device=device,
-            milestones=[int(m) for m in _pick(self.milestones, halfway)],
+            flip=_pick(self.flip, flip), device=device, schedule=schedule,
+            milestones=[int(m) for m in _pick(self.milestones, halfway if schedule == "multistep" else [])],
         )
         out.validate()
         return out

@@ -15,16 +15,19 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, objective: Ob
                  eps: float, alpha: float, steps: int, batch_size: int = 256,
                  generator: Optional[torch.Generator] = None) -> Dict[str, float]:
     """Clean and PGD-``steps`` accuracy (uniform start, the crafting CE: s·cos with HE)
-    in eval mode; every module's mode is restored. Returns {"clean_acc", "pgd_acc"}."""
+    in eval mode; every module's mode is restored. An example counts as robust only if it
+    is classified correctly both clean and attacked, so pgd_acc <= clean_acc.
+    Returns {"clean_acc", "pgd_acc"}."""
     clean = robust = 0
     with crafting_mode(model, True):
         for i in range(0, images.shape[0], batch_size):
             x, y = images[i:i + batch_size], labels[i:i + batch_size]
             with torch.no_grad():
-                clean += int((objective.forward(model, x).logits.argmax(1) == y).sum())
+                right = objective.forward(model, x).logits.argmax(1) == y
             x_adv = pgd_attack(model, x, lambda xa: objective.craft_loss(model, xa, y), eps,
                                alpha, steps, "uniform", generator, backend=objective.backend)
             with torch.no_grad():
-                robust += int((objective.forward(model, x_adv).logits.argmax(1) == y).sum())
+                right_adv = right & (objective.forward(model, x_adv).logits.argmax(1) == y)
+            clean, robust = clean + int(right.sum()), robust + int(right_adv.sum())
     n = max(images.shape[0], 1)
     return {"clean_acc": clean / n, "pgd_acc": robust / n}

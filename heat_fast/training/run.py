@@ -3,6 +3,12 @@ metrics, atomic checkpoints, a best checkpoint and a bit-exact resume.
 
 :func:`prepare` does every check and every read before anything is written (bad input
 never touches an existing checkpoint); :meth:`TrainingRun.run` trains.
+
+Under ``torchrun`` every process runs the same code: each trains on its shard of every
+global batch (``batch_size`` is the global batch), rank 0 alone evaluates, writes metrics and
+checkpoints (the plain model's weights, so they load anywhere) and logs; a checkpoint also
+holds every rank's own trainer and RNG state under ``ranks`` for a resume with the same
+number of processes.
 """
 from __future__ import annotations
 
@@ -11,17 +17,18 @@ import json
 import random
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import torch
 
-from heat_fast.data import Augment, TensorLoader, load_dataset
+from heat_fast.data import Augment, Dataset, TensorLoader, load_dataset
 from heat_fast.models import build_model
 from heat_fast.ops import resolve_backend
 from heat_fast.training.checkpoint import (CheckpointError, capture_rng, load_checkpoint,
                                            restore_rng, save_checkpoint)
 from heat_fast.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
+from heat_fast.training.distributed import Distributed, rank_seed, setup
 from heat_fast.training.evaluate import evaluate_pgd
 from heat_fast.training.presets import preset
 from heat_fast.training.schedules import build_scheduler
@@ -72,14 +79,36 @@ class TrainingRun:
     def model(self) -> torch.nn.Module:
         return self.trainer.model
 
-    def _checkpoint(self, epoch: int) -> dict:
+    @property
+    def distributed(self) -> Optional[Distributed]:
+        return self.trainer.distributed
+
+    @property
+    def is_main(self) -> bool:
+        """True on the process that evaluates, writes and logs (rank 0, or the only one)."""
+        return self.distributed is None or self.distributed.is_main
+
+    def close(self) -> None:
+        """Leave the process group, if any."""
+        if self.distributed is not None:
+            self.distributed.close()
+
+    def _rank_states(self) -> Optional[List[dict]]:
+        """Each rank's own trainer and RNG state, gathered on rank 0 (None elsewhere)."""
+        own = {"trainer": self.trainer.state_dict(), "rng": capture_rng({})}
+        return [own] if self.distributed is None else self.distributed.gather(own)
+
+    def _checkpoint(self, epoch: int, ranks: List[dict]) -> dict:
         trainer = self.trainer
-        return {
+        state = {
             "model": trainer.model.state_dict(), "optimizer": trainer.optimizer.state_dict(),
             "scheduler": trainer.scheduler.state_dict(), "epoch": epoch,
-            "rng": capture_rng({}), "config": self.config.to_dict(),
-            "trainer": trainer.state_dict(), "best": dict(self.best),
+            "rng": ranks[0]["rng"], "config": self.config.to_dict(),
+            "trainer": ranks[0]["trainer"], "best": dict(self.best),
         }
+        if len(ranks) > 1:
+            state["ranks"] = ranks
+        return state
 
     def _evaluate(self, epoch: int) -> Dict[str, float]:
         cfg = self.config
@@ -95,7 +124,10 @@ class TrainingRun:
         for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
             t0 = time.perf_counter()
             stats = self.trainer.train_epoch(epoch)
-            test = self._evaluate(epoch)
+            test = self._evaluate(epoch) if self.is_main else None
+            ranks = self._rank_states()
+            if not self.is_main:
+                continue
             record = {"epoch": epoch, "lr": stats["lr"], "loss": stats["loss"],
                       "train_clean_acc": stats["train_clean_acc"],
                       "train_adv_acc": stats["train_adv_acc"], "test_clean_acc": test["clean_acc"],
@@ -109,7 +141,7 @@ class TrainingRun:
             if improved:
                 self.best = {"epoch": epoch, "test_pgd_acc": test["pgd_acc"],
                              "test_clean_acc": test["clean_acc"]}
-            state = self._checkpoint(epoch)
+            state = self._checkpoint(epoch, ranks)
             if improved:
                 save_checkpoint(self.out / BEST, state)
             save_checkpoint(self.out / LAST, state)
@@ -128,13 +160,19 @@ class TrainingRun:
 
 
 def _restore(run: TrainingRun, state: dict, path: Path) -> None:
-    trainer = run.trainer
+    trainer, ctx = run.trainer, run.distributed
+    ranks = state.get("ranks") or [state]
+    world_size = 1 if ctx is None else ctx.world_size
+    if len(ranks) != world_size:
+        raise CheckpointError(f"cannot resume from {path}: it was written by {len(ranks)} "
+                              f"process(es); resume with the same number (got {world_size})")
+    own = ranks[0 if ctx is None else ctx.rank]
     try:
         trainer.model.load_state_dict(state["model"])
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
-        trainer.load_state_dict(state["trainer"])
-        restore_rng(state["rng"], {})
+        trainer.load_state_dict(own["trainer"])
+        restore_rng(own["rng"], {})
         run.start_epoch, run.best = int(state["epoch"]), dict(state.get("best") or {})
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"cannot resume from {path}: its state does not fit the run it "
@@ -152,13 +190,17 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
 
 
 def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = None,
-            resume: bool = False, overwrite: bool = False, progress: bool = True) -> TrainingRun:
+            resume: bool = False, overwrite: bool = False, progress: bool = True,
+            dist_backend: Optional[str] = None) -> TrainingRun:
     """Validate, load data and (with ``resume``) the checkpoint ``config.out/last.pt``;
     build model, optimizer, scheduler and trainer. Writes nothing but the output folder.
 
     With ``resume`` the saved config is used, updated by ``resume_values``
-    (see :func:`resume_config`). Raises ConfigError, DatasetError, CheckpointError or
-    FileNotFoundError (the ValueError and OSError kinds) or BackendUnavailableError with a
+    (see :func:`resume_config`). Launched by torchrun, joins the process group
+    (``dist_backend``: default nccl on CUDA, gloo on CPU; see
+    :func:`heat_fast.training.distributed.setup`); call :meth:`TrainingRun.close` when done.
+    Raises ConfigError, DatasetError, CheckpointError, DistributedError or FileNotFoundError
+    (the ValueError, RuntimeError and OSError kinds) or BackendUnavailableError with a
     message for the user.
     """
     if not config.out:
@@ -178,37 +220,57 @@ def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = No
     config = dataclasses.replace(config, num_classes=data.num_classes,
                                  in_channels=data.in_channels, image_size=data.image_size,
                                  mean=list(data.mean), std=list(data.std))
-    device = torch.device(config.device)
+    ctx = setup(config.device, dist_backend)
+    try:
+        return _build(config, data, out, state, ctx, progress)
+    except BaseException:
+        if ctx is not None:
+            ctx.close()
+        raise
+
+
+def _build(config: TrainConfig, data: Dataset, out: Path, state: Optional[dict],
+           ctx: Optional[Distributed], progress: bool) -> TrainingRun:
+    rank, world_size = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
+    if world_size > 1 and (config.batch_size % world_size or config.batch_size > data.train_x.shape[0]):
+        raise ConfigError(f"batch_size {config.batch_size} is the global batch: it must be "
+                          f"divisible by the {world_size} process(es) and at most the "
+                          f"{data.train_x.shape[0]} training examples")
+    device = torch.device(config.device) if ctx is None else ctx.device
     _seed_everything(config.seed)
     model = build_model(config.model, config.num_classes, config.he, config.in_channels,
                         config.image_size, config.mean, config.std).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     loader = TensorLoader(data.train_x.to(device), data.train_y.to(device), config.batch_size,
-                          shuffle=True, generator=torch.Generator().manual_seed(config.seed))
+                          shuffle=True, generator=torch.Generator().manual_seed(config.seed),
+                          rank=rank, world_size=world_size)
     iters = min(len(loader), config.max_steps_per_epoch or len(loader))
     scheduler = build_scheduler(optimizer, config.schedule, config.epochs, iters,
                                 config.milestones, config.gamma)
     augment = None
     if config.crop_padding or config.flip:
         augment = Augment(config.crop_padding, config.flip,
-                          torch.Generator(device).manual_seed(config.seed + 2))
+                          torch.Generator(device).manual_seed(rank_seed(config.seed + 2, rank)))
     trainer = Trainer(
         model, optimizer, loader, config.framework, he=config.he, scale=config.scale,
         margin=config.margin, eps=config.eps, alpha=config.alpha, steps=config.steps,
         backend=config.backend, bf16=config.bf16, channels_last=config.channels_last,
         scheduler=scheduler, scheduler_interval="batch", augment=augment, device=device,
-        seed=config.seed + 1, max_steps_per_epoch=config.max_steps_per_epoch, progress=progress,
+        seed=rank_seed(config.seed + 1, rank), max_steps_per_epoch=config.max_steps_per_epoch,
+        progress=progress, distributed=ctx, sync_bn=config.sync_bn,
         start=config.start, eval_mode=config.bn_eval,
         **{"trades": {"beta": config.beta}, "alp": {"alp_weight": config.alp_weight}}.get(config.framework, {}),
     )
     n_eval = min(config.eval_examples, data.test_x.shape[0])
     test_x, test_y = data.test_x[:n_eval].to(device), data.test_y[:n_eval].to(device)
     run = TrainingRun(config, trainer, test_x, test_y, out)
-    out.mkdir(parents=True, exist_ok=True)
+    if run.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     if state is not None:
         _restore(run, state, out / LAST)
-        _truncate_metrics(out / METRICS, run.start_epoch)
-    elif (out / METRICS).exists():
+        if run.is_main:
+            _truncate_metrics(out / METRICS, run.start_epoch)
+    elif run.is_main and (out / METRICS).exists():
         (out / METRICS).unlink()
     return run

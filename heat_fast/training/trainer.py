@@ -8,6 +8,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from heat_fast.training.config import FRAMEWORK_DEFAULTS
+from heat_fast.training.distributed import Distributed
 from heat_fast.training.frameworks import Framework, build_framework
 from heat_fast.training.objective import Objective
 
@@ -22,16 +24,22 @@ class Trainer:
     channels_last. Attack settings (``eps``, ``alpha``, ``steps``, ``start``, ``beta``,
     ``alp_weight``, ``eval_mode``; None = the framework's default: α = ε/4, 10 steps, FastAT
     α = 1.25ε, FreeAT α = ε and 4 replays) and loss settings (``he`` — default ``model.he`` —,
-    ``scale``, ``margin``, ``backend``, ``bf16``) are passed to :func:`build_framework`
+    ``scale`` and ``margin`` — default SPEC §3's per framework —, ``backend``, ``bf16``) are passed to :func:`build_framework`
     when ``framework`` is a name. ``scheduler`` steps per batch or per epoch
     (``scheduler_interval``). :meth:`state_dict` holds everything but the model and
     optimizer that a bit-exact resume needs (framework state, generators, loader order).
+
+    With ``distributed`` (see :mod:`heat_fast.training.distributed`) each rank trains on its
+    loader's shard through :attr:`train_model` (``model`` in DDP, BatchNorm made SyncBatchNorm
+    if ``sync_bn``); :attr:`model` stays the plain model, buffers are synced from rank 0
+    after every step, epoch statistics are summed over the ranks and only rank 0 shows progress.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer,
                  train_loader: Iterable[Tuple[Tensor, Tensor]],
                  framework: Union[str, Framework] = "pgd-at", *, he: Optional[bool] = None,
-                 scale: float = 15.0, margin: float = 0.2, eps: float = 8 / 255,
+                 scale: Optional[float] = None, margin: Optional[float] = None,
+                 eps: float = 8 / 255,
                  alpha: Optional[float] = None, steps: Optional[int] = None,
                  backend: str = "auto", bf16: bool = False, channels_last: bool = False,
                  scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
@@ -39,6 +47,7 @@ class Trainer:
                  augment: Optional[Callable[[Tensor], Tensor]] = None,
                  device: Optional[Union[str, torch.device]] = None, seed: int = 0,
                  max_steps_per_epoch: Optional[int] = None, progress: bool = True,
+                 distributed: Optional[Distributed] = None, sync_bn: bool = False,
                  **framework_options):
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}")
@@ -46,19 +55,23 @@ class Trainer:
         self.model, self.optimizer, self.train_loader = model, optimizer, train_loader
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.augment, self.channels_last = augment, channels_last
-        self.max_steps_per_epoch, self.progress = max_steps_per_epoch, progress
+        self.max_steps_per_epoch, self.distributed = max_steps_per_epoch, distributed
+        self.progress = progress and (distributed is None or distributed.is_main)
         self.generator = torch.Generator(self.device).manual_seed(seed)
         if isinstance(framework, Framework):
             self.framework = framework
         else:
-            objective = Objective(getattr(model, "he", False) if he is None else he, scale,
-                                  margin, backend, bf16)
+            he_scale, he_margin = FRAMEWORK_DEFAULTS.get(framework, (15.0, 0.2))[:2]
+            objective = Objective(getattr(model, "he", False) if he is None else he,
+                                  he_scale if scale is None else scale,
+                                  he_margin if margin is None else margin, backend, bf16)
             settings = dict(framework_options, eps=eps, alpha=alpha, generator=self.generator)
             if steps is not None:
                 settings["steps"] = steps
             self.framework = build_framework(framework, objective, **settings)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.train_model = model if distributed is None else distributed.wrap(model, sync_bn)
 
     def _prepare(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
         x = x.to(self.device, non_blocking=True).float()
@@ -88,9 +101,9 @@ class Trainer:
         """One pass over the loader (at most ``max_steps_per_epoch`` batches).
 
         Returns {"loss", "train_clean_acc", "train_adv_acc", "lr", "steps",
-        "train_seconds"}; the model is left in train mode.
+        "train_seconds"} (over all ranks when distributed); the model is left in train mode.
         """
-        self.model.train()
+        self.train_model.train()
         start = time.perf_counter()
         loss_sum = clean = adv = torch.zeros((), device=self.device)
         count = steps = 0
@@ -101,7 +114,9 @@ class Trainer:
                     break
                 x, y = self._prepare(x, y)
                 lr = self.optimizer.param_groups[0]["lr"]
-                stats = self.framework.train_step(self.model, self.optimizer, x, y)
+                stats = self.framework.train_step(self.train_model, self.optimizer, x, y)
+                if self.distributed is not None:
+                    self.train_model.sync_buffers()
                 if self.scheduler is not None and self.scheduler_interval == "batch":
                     self.scheduler.step()
                 loss_sum = loss_sum + stats.loss * stats.count
@@ -114,6 +129,9 @@ class Trainer:
                                     adv=f"{float(adv) / count:.3f}", lr=f"{lr:.4g}")
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
+        if self.distributed is not None:
+            totals = torch.tensor([float(loss_sum), float(clean), float(adv), count], dtype=torch.float64)
+            loss_sum, clean, adv, count = self.distributed.all_reduce_sum(totals).tolist()
         denom = max(count, 1)
         return {"loss": float(loss_sum) / denom, "train_clean_acc": float(clean) / denom,
                 "train_adv_acc": float(adv) / denom, "lr": lr, "steps": steps,

@@ -26,7 +26,7 @@ class ALP(Framework):
         self.alp_weight = float(alp_weight)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
-        x_adv = self.attack(model, x, lambda xa: self.objective.craft_loss(model, xa, y))
+        x_adv = self.attack(model, x, lambda net, xa: self.objective.craft_loss(net, xa, y))
         clean = self.objective.forward(model, x)
         adv = self.objective.forward(model, x_adv)
         ce = self.objective.cross_entropy
@@ -44,7 +44,4 @@ def alp_loss(model: nn.Module, x_natural: Tensor, y: Tensor,
     """Drop-in ALP loss: craft PGD, zero ``optimizer``'s grads, return the outer loss."""
     framework = ALP(Objective(he, scale, margin, backend), epsilon, step_size, perturb_steps,
                     alp_weight, start=random_start, generator=generator)
-    loss = framework.loss(model, x_natural, y).loss
-    if optimizer is not None:
-        optimizer.zero_grad()
-    return loss
+    return framework.drop_in_loss(model, x_natural, y, optimizer)

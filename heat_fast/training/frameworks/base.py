@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from heat_fast.training.crafting import STARTS, crafting_mode, pgd_attack
+from heat_fast.training.distributed import unwrap
 from heat_fast.training.objective import Objective, Outputs
 
 
@@ -31,7 +32,8 @@ class LossResult:
     clean: Optional[Outputs] = None
 
 
-def _correct(out: Outputs, y: Tensor) -> Tensor:
+def correct_count(out: Outputs, y: Tensor) -> Tensor:
+    """How many rows of ``out`` predict ``y`` (argmax of the logits), without gradients."""
     with torch.no_grad():
         return (out.logits.argmax(1) == y).sum()
 
@@ -62,31 +64,45 @@ class Framework:
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
         self.start, self.eval_mode, self.generator, self.norm = start, eval_mode, generator, norm
 
-    def attack(self, model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Tensor]) -> Tensor:
-        """Run this framework's PGD on ``loss_fn`` (see :func:`pgd_attack`)."""
-        return pgd_attack(model, x, loss_fn, self.eps, self.alpha, self.steps, self.start,
-                          self.generator, self.norm, self.eval_mode, self.objective.backend)
+    def attack(self, model: nn.Module, x: Tensor,
+               loss_fn: Callable[[nn.Module, Tensor], Tensor]) -> Tensor:
+        """Run this framework's PGD on ``loss_fn(net, x_adv)`` (see :func:`pgd_attack`), with
+        ``net`` the plain model inside a DDP wrapper: crafting never goes through DDP."""
+        net = unwrap(model)
+        return pgd_attack(net, x, lambda xa: loss_fn(net, xa), self.eps, self.alpha, self.steps,
+                          self.start, self.generator, self.norm, self.eval_mode,
+                          self.objective.backend)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
         raise NotImplementedError
 
+    def drop_in_loss(self, model: nn.Module, x: Tensor, y: Tensor,
+                     optimizer: Optional[torch.optim.Optimizer] = None) -> Tensor:
+        """The outer loss after crafting, with ``optimizer``'s grads zeroed (as the official
+        TRADES ``trades_loss`` does); the caller runs backward and the step."""
+        loss = self.loss(model, x, y).loss
+        if optimizer is not None:
+            optimizer.zero_grad()
+        return loss
+
     def clean_outputs(self, model: nn.Module, x: Tensor) -> Outputs:
-        """A gradient-free clean forward in crafting mode, for the clean accuracy."""
-        with torch.no_grad(), crafting_mode(model, self.eval_mode):
-            out = self.objective.forward(model, x)
-            out.logits  # materialize while the modes are set
-        return out
+        """A gradient-free clean forward in crafting mode on the plain (unwrapped) model."""
+        net = unwrap(model)
+        with torch.no_grad(), crafting_mode(net, self.eval_mode):
+            return self.objective.forward(net, x)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
                    y: Tensor) -> StepStats:
         """Craft, compute the outer loss, and take one optimizer step."""
         result = self.loss(model, x, y)
+        adv_correct = correct_count(result.adv, y)  # before the step changes the head weight
+        clean_correct = None if result.clean is None else correct_count(result.clean, y)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         optimizer.step()
-        clean = result.clean if result.clean is not None else self.clean_outputs(model, x)
-        return StepStats(result.loss.detach(), _correct(clean, y), _correct(result.adv, y),
-                         int(y.shape[0]))
+        if clean_correct is None:
+            clean_correct = correct_count(self.clean_outputs(model, x), y)
+        return StepStats(result.loss.detach(), clean_correct, adv_correct, int(y.shape[0]))
 
     def state_dict(self) -> dict:
         """State carried between steps (none by default); saved in checkpoints."""

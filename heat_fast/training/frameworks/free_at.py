@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from heat_fast.ops import pgd_step
-from heat_fast.training.frameworks.base import Framework, StepStats, _correct
+from heat_fast.training.frameworks.base import Framework, StepStats, correct_count
 from heat_fast.training.objective import Objective
 
 
@@ -49,16 +49,16 @@ class FreeAT(Framework):
             delta.requires_grad_(True)
             adv = self.objective.forward(model, (x + delta).clamp(0.0, 1.0))
             loss = self.objective.cross_entropy(adv, y, margin=True)
+            adv_correct.append(correct_count(adv, y))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             delta = pgd_step(x + delta.detach(), delta.grad, x, self.eps, self.alpha,
                              norm=self.norm, clip=None, backend=self.objective.backend) - x
             losses.append(loss.detach())
-            adv_correct.append(_correct(adv, y))
         self.delta[: x.shape[0]] = delta
         clean = self.clean_outputs(model, x)
-        return StepStats(torch.stack(losses).mean(), _correct(clean, y),
+        return StepStats(torch.stack(losses).mean(), correct_count(clean, y),
                          torch.stack(adv_correct).float().mean(), int(y.shape[0]))
 
     def state_dict(self) -> dict:

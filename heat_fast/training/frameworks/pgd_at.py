@@ -18,7 +18,7 @@ class PGDAT(Framework):
     name = "pgd-at"
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
-        x_adv = self.attack(model, x, lambda xa: self.objective.craft_loss(model, xa, y))
+        x_adv = self.attack(model, x, lambda net, xa: self.objective.craft_loss(net, xa, y))
         adv = self.objective.forward(model, x_adv)
         return LossResult(self.objective.cross_entropy(adv, y, margin=True), adv)
 
@@ -35,7 +35,4 @@ def pgd_at_loss(model: nn.Module, x_natural: Tensor, y: Tensor,
     """
     framework = PGDAT(Objective(he, scale, margin, backend), epsilon, step_size, perturb_steps,
                       random_start, generator=generator)
-    loss = framework.loss(model, x_natural, y).loss
-    if optimizer is not None:
-        optimizer.zero_grad()
-    return loss
+    return framework.drop_in_loss(model, x_natural, y, optimizer)

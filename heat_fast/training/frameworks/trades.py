@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heat_fast.training.crafting import crafting_mode
 from heat_fast.training.frameworks.base import Framework, LossResult
 from heat_fast.training.objective import Objective
 
@@ -34,10 +33,9 @@ class TRADES(Framework):
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
         obj = self.objective
-        with torch.no_grad(), crafting_mode(model, self.eval_mode):
-            clean_probs = F.softmax(obj.scaled_logits(obj.forward(model, x)), dim=1)
+        clean_probs = F.softmax(obj.scaled_logits(self.clean_outputs(model, x)), dim=1)
         x_adv = self.attack(
-            model, x, lambda xa: self._kl_sum(obj.scaled_logits(obj.forward(model, xa)), clean_probs)
+            model, x, lambda net, xa: self._kl_sum(obj.scaled_logits(obj.forward(net, xa)), clean_probs)
         )
         clean = obj.forward(model, x)
         adv = obj.forward(model, x_adv)
@@ -65,7 +63,4 @@ def trades_loss(model: nn.Module, x_natural: Tensor, y: Tensor,
     alpha = 2 * epsilon / max(perturb_steps, 1) if l2 else step_size
     framework = TRADES(Objective(he, scale, margin, backend), epsilon, alpha, perturb_steps,
                        beta, generator=generator, norm="l2" if l2 else "linf")
-    loss = framework.loss(model, x_natural, y).loss
-    if optimizer is not None:
-        optimizer.zero_grad()
-    return loss
+    return framework.drop_in_loss(model, x_natural, y, optimizer)

@@ -1,0 +1,170 @@
+"""DDP training on CPU/gloo with 2 processes on 127.0.0.1: equal ranks, equality with one
+process on the whole batch, ``heat-fast train`` under torchrun and a bit-exact DDP resume.
+
+One ``torch.multiprocessing.spawn`` (module fixture) runs every in-process check and saves
+what each rank saw; the tests compare. The single-process comparison uses a BN-free model:
+with BatchNorm in train mode each rank normalizes its own half of the batch, which a
+full-batch step cannot reproduce, so equality with one process is only defined without BN.
+Crafting starts at x (``start="none"``), so the attack draws no random numbers; each
+example's adversarial image then depends on that example alone and the DDP step (mean of
+the ranks' mean losses over equal halves) equals the full-batch step up to float rounding.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from torch import nn
+
+from heat_fast.data import TensorLoader, load_dataset
+from heat_fast.models import build_model
+from heat_fast.models.base import Classifier
+from heat_fast.training import Trainer, load_model
+from heat_fast.training.distributed import rank_seed, setup
+
+WORLD = 2
+BATCH, STEPS = 32, 2
+# name -> (framework, he, BN-free model, attack start)
+CASES = {
+    "pgd-at-he": ("pgd-at", True, True, "none"),
+    "pgd-at": ("pgd-at", False, True, "none"),
+    "alp-he": ("alp", True, True, "none"),          # two DDP forwards per step
+    "small-cnn-bn": ("pgd-at", True, False, "uniform"),  # BN, per-rank random starts
+}
+CLI = ["--dataset", "digits", "--framework", "pgd-at", "--he", "--max-steps-per-epoch", "2",
+       "--steps", "1", "--batch-size", "16", "--crop-padding", "1", "--schedule", "constant",
+       "--eval-examples", "8", "--eval-steps", "1", "--no-progress"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data():
+    data = load_dataset("digits")
+    return data, data.train_x[:BATCH * STEPS], data.train_y[:BATCH * STEPS]
+
+
+def _model(data, he: bool, bn_free: bool) -> nn.Module:
+    torch.manual_seed(0)
+    if not bn_free:
+        return build_model("small-cnn", 10, he, 1, 8, data.mean, data.std)
+    body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten())
+    return Classifier(body, 32, 10, he, 1, data.mean, data.std)
+
+
+def train_case(name: str, ctx=None) -> dict:
+    """STEPS steps of case ``name`` on the first BATCH·STEPS digits, in order; with ``ctx``
+    each rank takes its half of every batch. Returns the model state, the epoch statistics
+    and how many forwards went through DDP."""
+    framework, he, bn_free, start = CASES[name]
+    data, x, y = _data()
+    model = _model(data, he, bn_free)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    rank, world = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
+    loader = TensorLoader(x, y, BATCH, shuffle=False, rank=rank, world_size=world)
+    trainer = Trainer(model, optimizer, loader, framework, he=he, eps=0.1, steps=2, start=start,
+                      seed=rank_seed(1, rank), progress=False, distributed=ctx)
+    forwards = []
+    if ctx is not None:
+        trainer.train_model.ddp.register_forward_pre_hook(lambda *_: forwards.append(1))
+    stats = trainer.train_epoch()
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "stats": stats,
+            "ddp_forwards": len(forwards)}
+
+
+def _cli_runs(rank: int, ports, out) -> None:
+    from heat_fast.cli.train import main
+
+    for port, argv in zip(ports, (
+            [*CLI, "--epochs", "2", "--out", str(out / "full")],
+            [*CLI, "--epochs", "1", "--out", str(out / "cut")],
+            ["--resume", "--epochs", "2", "--no-progress", "--out", str(out / "cut")])):
+        os.environ["MASTER_PORT"] = str(port)
+        assert main(argv) == 0, (rank, argv)
+
+
+def _worker(rank: int, ports, out) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
+    ctx = setup("cpu")
+    try:
+        results = {name: train_case(name, ctx) for name in CASES}
+    finally:
+        ctx.close()
+    torch.save(results, out / f"rank{rank}.pt")
+    _cli_runs(rank, ports[1:], out)
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=([_free_port() for _ in range(4)], out), nprocs=WORLD, join=True)
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+def test_parameters_and_buffers_are_identical_across_ranks(spawned):
+    _, (rank0, rank1) = spawned
+    for name in CASES:
+        for key, value in rank0[name]["state"].items():
+            assert torch.equal(value, rank1[name]["state"][key]), (name, key)
+        assert rank0[name]["stats"]["steps"] == STEPS
+
+
+def test_only_the_training_forward_goes_through_ddp(spawned):
+    _, (rank0, _) = spawned
+    per_step = {"pgd-at": 1, "alp": 2}  # the attack (2 PGD steps) runs on the plain model
+    for name, (framework, *_) in CASES.items():
+        assert rank0[name]["ddp_forwards"] == STEPS * per_step[framework], name
+
+
+@pytest.mark.parametrize("name", [n for n, case in CASES.items() if case[2]])
+def test_ddp_step_equals_one_process_on_the_whole_batch(spawned, name):
+    _, (rank0, _) = spawned
+    single = train_case(name)
+    for key, value in single["state"].items():
+        torch.testing.assert_close(rank0[name]["state"][key], value, rtol=1e-4, atol=1e-5,
+                                   msg=lambda m: f"{name} {key}: {m}")
+    for key in ("loss", "train_clean_acc", "train_adv_acc"):
+        assert rank0[name]["stats"][key] == pytest.approx(single["stats"][key], rel=1e-5), key
+
+
+def _metrics(path):
+    return [{k: v for k, v in json.loads(line).items() if "seconds" not in k}
+            for line in path.read_text().splitlines()]
+
+
+def test_cli_checkpoint_loads_in_one_process_and_resume_is_bit_exact(spawned):
+    out, _ = spawned
+    full, cut = out / "full", out / "cut"
+    model, config = load_model(full / "last.pt")
+    assert config["he"] and model(torch.rand(2, 1, 8, 8)).shape == (2, 10)
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (full, cut))
+    assert a["epoch"] == b["epoch"] == 2 and len(a["ranks"]) == WORLD
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert _metrics(full / "metrics.jsonl") == _metrics(cut / "metrics.jsonl")
+    assert [m["epoch"] for m in _metrics(full / "metrics.jsonl")] == [1, 2]
+    assert sorted(p.name for p in full.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+
+
+def test_torchrun_runs_heat_fast_train(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1",
+               f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
+               f"--master_port={_free_port()}", "-m", "heat_fast", "train", *CLI,
+               "--epochs", "1", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("done: 1 epochs") == 1  # only rank 0 prints
+    model, _ = load_model(out / "last.pt")
+    assert model.he

@@ -1,0 +1,382 @@
+"""The native backend (heat_fast._C): its dispatcher ops, build metadata, fallback when it
+cannot run, thread-count independence, and numerics against float64 ground truths.
+
+The suites in test_he_loss.py and test_pgd.py also run over the native backend; this file
+covers what is specific to it. Tests that need the extension skip when it is unavailable,
+or fail when CI names "native" in HEAT_FAST_TEST_REQUIRE.
+"""
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import heat_fast as hf
+from conftest import require_backend
+from heat_fast import native
+from numerics import UNIT_ROUNDOFF, assert_error_ratio
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def ops():
+    require_backend("native")
+    return torch.ops.heat_fast_C
+
+
+def he_inputs(batch, classes, dim, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
+    w = torch.randn(classes, dim, generator=gen, dtype=torch.float64).to(dtype)
+    y = torch.randint(0, classes, (batch,), generator=gen)
+    return x, w, y
+
+
+def loss_and_grads(x, w, y, backend, **kwargs):
+    x = x.detach().clone().requires_grad_(True)
+    w = w.detach().clone().requires_grad_(True)
+    loss = hf.he_cross_entropy(x, w, y, reduction="none", backend=backend, **kwargs)
+    weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)
+    gx, gw = torch.autograd.grad((loss * weights).sum(), (x, w))
+    return loss.detach(), gx, gw
+
+
+def image_batch(shape, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x_nat = torch.rand(shape, generator=gen)
+    x_adv = (x_nat + 0.05 * (2 * torch.rand(shape, generator=gen) - 1)).clamp(0, 1)
+    grad = torch.randn(shape, generator=gen)
+    return x_adv.to(dtype), grad.to(dtype), x_nat.to(dtype)
+
+
+def budgets(batch, eps=0.05, alpha=0.01):
+    return torch.full((batch,), eps), torch.full((batch,), alpha)
+
+
+# ---- dispatcher registrations -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("options", [(0.0, True, True), (0.1, False, True), (0.0, True, False)])
+def test_opcheck_he_ops(ops, dtype, options):
+    smoothing, feature_norm, weight_norm = options
+    x, w, y = he_inputs(5, 7, 9, dtype, seed=1)
+    args = (x.requires_grad_(True), w.requires_grad_(True), y, 15.0, 0.2, smoothing,
+            feature_norm, weight_norm)
+    torch.library.opcheck(ops.he_ce_forward.default, args)
+    x, w = x.detach(), w.detach()
+    _, grad_cos, x_norms, w_norms = ops.he_ce_forward(x, w, *args[2:])
+    grad_rows = torch.linspace(0.5, 1.5, 5, dtype=dtype)
+    torch.library.opcheck(ops.he_ce_backward.default,
+                          (grad_rows, x, w, grad_cos, x_norms, w_norms, feature_norm, weight_norm))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_opcheck_pgd_ops(ops, dtype, norm):
+    x_adv, grad, x_nat = image_batch((3, 2, 5), dtype, seed=2)
+    eps, alpha = budgets(3)
+    torch.library.opcheck(ops.pgd_step_.default,
+                          (torch.empty_like(x_adv), x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0))
+    torch.library.opcheck(ops.random_init_.default,
+                          (torch.empty_like(x_nat), x_nat, eps, torch.tensor(7), norm, 0.0, 1.0))
+
+
+def test_direct_op_is_differentiable(ops):
+    """heat_fast_C::he_ce_forward carries its own (C++) autograd: same gradients as the
+    public function, float64 gradcheck, and torch.compile(fullgraph=True)."""
+    x, w, y = he_inputs(6, 5, 7, torch.float64, seed=11)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+
+    def rows(a, b):
+        return ops.he_ce_forward(a, b, y, 8.0, 0.3, 0.1, True, True)[0]
+
+    assert torch.autograd.gradcheck(rows, (x, w))
+    direct = torch.autograd.grad(rows(x, w).sum(), (x, w))
+    public = torch.autograd.grad(
+        hf.he_cross_entropy(x, w, y, 8.0, 0.3, "sum", 0.1, backend="native"), (x, w))
+    for a, b in zip(direct, public):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: rows(a, b).sum(), fullgraph=True)
+    torch.testing.assert_close(torch.autograd.grad(compiled(x, w), (x, w)), direct)
+
+
+def test_kernel_errors_name_the_argument(ops):
+    x, w, y = he_inputs(4, 3, 5)
+    with pytest.raises(RuntimeError, match="target"):
+        ops.he_ce_forward(x, w, torch.tensor([0, 1, 2, 3]), 15.0, 0.2, 0.0, True, True)
+    with pytest.raises(RuntimeError, match="weight"):
+        ops.he_ce_forward(x, w[:, :4], y, 15.0, 0.2, 0.0, True, True)
+    with pytest.raises(RuntimeError, match="target"):
+        ops.he_ce_forward(x, w, y.int(), 15.0, 0.2, 0.0, True, True)
+    x_adv, grad, x_nat = image_batch((3, 4))
+    eps, alpha = budgets(3)
+    with pytest.raises(RuntimeError, match="norm"):
+        ops.pgd_step_(torch.empty_like(x_adv), x_adv, grad, x_nat, eps, alpha, "l1", 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="alpha"):
+        ops.pgd_step_(torch.empty_like(x_adv), x_adv, grad, x_nat, eps, alpha[:2], "linf", 0.0, 1.0)
+    with pytest.raises(RuntimeError, match="seed"):
+        ops.random_init_(torch.empty_like(x_nat), x_nat, eps, torch.tensor([1]), "linf", 0.0, 1.0)
+
+
+# ---- build metadata and availability --------------------------------------------------------
+
+
+def test_build_info(ops):
+    info = native.BUILD_INFO
+    for key in ("torch", "cuda", "compiler", "with_cuda"):
+        assert key in info, key
+    assert info["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert isinstance(info["with_cuda"], bool) and info["compiler"]
+    if not info["with_cuda"]:
+        assert info["cuda"] is None
+        assert "without CUDA" in native.unavailable_reason(torch.device("cuda"), torch.float32)
+    from heat_fast import _C
+
+    assert _C.build_info()["torch"] == torch.__version__.split("+")[0]
+
+
+def test_disabled_by_environment(monkeypatch):
+    x, w, y = he_inputs(3, 4, 5)
+    monkeypatch.setenv(native.DISABLE_ENV, "1")
+    with pytest.raises(hf.BackendUnavailableError, match=native.DISABLE_ENV):
+        hf.he_cross_entropy(x, w, y, backend="native")
+    with pytest.raises(hf.BackendUnavailableError, match=native.DISABLE_ENV):
+        hf.pgd_step(*image_batch((2, 3)), 0.1, 0.01, backend="native")
+    assert hf.resolve_backend("auto", CPU, torch.float32) == "reference"
+    torch.testing.assert_close(hf.he_cross_entropy(x, w, y),
+                               hf.he_cross_entropy(x, w, y, backend="reference"))
+
+
+@pytest.fixture
+def fresh_loader(monkeypatch):
+    """Lets a test change what the loader sees; the real state is restored afterwards."""
+    native._load.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    native._load.cache_clear()
+
+
+def test_not_built_is_silent_and_refused_with_the_rebuild_command(fresh_loader):
+    fresh_loader.setattr(native, "_recorded_build_info", lambda: {})
+    fresh_loader.setattr(native.importlib, "import_module",
+                         _import_failing(ModuleNotFoundError("No module named 'heat_fast._C'",
+                                                             name="heat_fast._C")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reason = native.unavailable_reason(CPU, torch.float32)
+        assert "not built" in reason and native.REBUILD in reason
+        assert native.BUILD_INFO == {}
+        assert hf.resolve_backend("auto", CPU, torch.float32) == "reference"
+    with pytest.raises(hf.BackendUnavailableError, match="not built"):
+        hf.he_cross_entropy(*he_inputs(2, 3, 4), backend="native")
+
+
+def test_mismatched_build_warns_once_and_falls_back(fresh_loader):
+    built = {"torch": "2.0.0+cu118", "cuda": "11.8", "compiler": "gcc 9", "with_cuda": True}
+    fresh_loader.setattr(native, "_recorded_build_info", lambda: dict(built))
+    with pytest.warns(RuntimeWarning, match="built for torch 2.0.0") as caught:
+        reasons = [native.unavailable_reason(CPU, torch.float32) for _ in range(3)]
+        assert hf.resolve_backend("auto", CPU, torch.float32) == "reference"
+    assert len([w for w in caught if "heat_fast" in str(w.message)]) == 1
+    assert reasons[0] == reasons[2]
+    assert "CUDA 11.8" in reasons[0] and torch.__version__ in reasons[0]
+    assert native.REBUILD in reasons[0]
+    with pytest.raises(hf.BackendUnavailableError, match="rebuild"):
+        hf.he_cross_entropy(*he_inputs(2, 3, 4), backend="native")
+    assert native.BUILD_INFO["torch"] == "2.0.0+cu118"
+
+
+def test_load_failure_is_reported_with_versions(fresh_loader):
+    fresh_loader.setattr(native, "_recorded_build_info",
+                         lambda: {"torch": torch.__version__, "cuda": torch.version.cuda})
+    fresh_loader.setattr(native.importlib, "import_module",
+                         _import_failing(ImportError("undefined symbol: _ZN3c10foo")))
+    with pytest.warns(RuntimeWarning, match="undefined symbol"):
+        reason = native.unavailable_reason(CPU, torch.float32)
+    assert "failed" in reason and native.REBUILD in reason
+
+
+def _import_failing(error):
+    real = native.importlib.import_module
+
+    def import_module(name, *args):
+        if name == "heat_fast._C":
+            raise error
+        return real(name, *args)
+
+    return import_module
+
+
+# ---- thread-count independence ----------------------------------------------------------------
+
+
+def _native_outputs(ops):
+    outputs = []
+    for batch, classes, dim in [(256, 1000, 512), (128, 10, 640), (33, 7, 2049), (1, 2, 3)]:
+        x, w, y = he_inputs(batch, classes, dim, seed=batch)
+        forward = ops.he_ce_forward(x, w, y, 15.0, 0.2, 0.1, True, True)
+        grad_rows = torch.linspace(0.5, 1.5, batch)
+        outputs += list(forward)
+        outputs += list(ops.he_ce_backward(grad_rows, x, w, *forward[1:], True, True))
+    x_adv, grad, x_nat = image_batch((4, 3, 128, 128), seed=3)
+    eps, alpha = budgets(4)
+    for norm in ("linf", "l2"):
+        out = torch.empty_like(x_adv)
+        ops.pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0)
+        start = torch.empty_like(x_nat)
+        ops.random_init_(start, x_nat, eps, torch.tensor(11), norm, 0.0, 1.0)
+        outputs += [out, start]
+    return outputs
+
+
+def test_results_do_not_depend_on_thread_count(ops):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        single = _native_outputs(ops)
+        torch.set_num_threads(2)
+        double = _native_outputs(ops)
+    finally:
+        torch.set_num_threads(threads)
+    for i, (a, b) in enumerate(zip(single, double)):
+        assert torch.equal(a, b), f"output {i} differs between 1 and 2 threads"
+
+
+# ---- HE loss numerics -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("options", [
+    dict(scale=15.0, margin=0.2),
+    dict(scale=4.0, margin=0.0, label_smoothing=0.1),
+    dict(scale=8.0, margin=0.3, feature_norm=False),
+    dict(scale=8.0, margin=0.3, weight_norm=False),
+])
+@pytest.mark.parametrize("batch,classes,dim", [(1, 2, 3), (3, 5, 7)])
+def test_gradcheck(ops, batch, classes, dim, options):
+    x, w, y = he_inputs(batch, classes, dim, torch.float64, seed=4)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+
+    def loss(a, b):
+        return hf.he_cross_entropy(a, b, y, reduction="none", backend="native", **options)
+
+    assert torch.autograd.gradcheck(loss, (x, w))
+
+
+@pytest.mark.parametrize("batch,classes,dim", [(1, 2, 1), (1, 2, 3), (17, 1000, 33), (128, 10, 640)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_matches_reference_error(ops, dtype, batch, classes, dim):
+    """Both paths compute in float32 from the same rounded inputs, so native's error against
+    the float64 truth is at most twice the reference's plus a few output ulps."""
+    x, w, y = he_inputs(batch, classes, dim, dtype, seed=5)
+    truth = loss_and_grads(x.double(), w.double(), y, "reference", scale=15.0, margin=0.2)
+    ref = loss_and_grads(x, w, y, "reference", scale=15.0, margin=0.2)
+    fast = loss_and_grads(x, w, y, "native", scale=15.0, margin=0.2)
+    for name, f, r, t in zip(("loss", "d_features", "d_weight"), fast, ref, truth):
+        # The loss is float32 whatever the input dtype; its floor is float32 rounding of s·cos.
+        floor = 64 * UNIT_ROUNDOFF[torch.float32] * 15.0 if name == "loss" else None
+        assert_error_ratio(f, r, t, floor=floor, what=f"native {name} {dtype}")
+
+
+def confident_inputs(batch, classes, dim, seed=6):
+    """Features aligned with their class weight: s = 64, m = 0.35 gives p_y ≈ 1."""
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.randn(classes, dim, generator=gen, dtype=torch.float64)
+    y = torch.arange(batch) % classes
+    x = 3.0 * F.normalize(w[y], dim=1) + 0.02 * torch.randn(batch, dim, generator=gen,
+                                                            dtype=torch.float64)
+    return x, w, y
+
+
+def stable_truth(x, w, y, scale, margin):
+    """Float64 loss rows and gradients in the log1p form, accurate when p_y → 1."""
+    x = x.detach().clone().requires_grad_(True)
+    w = w.detach().clone().requires_grad_(True)
+    cos = F.normalize(x, dim=1) @ F.normalize(w, dim=1).t()
+    z = scale * (cos - margin * F.one_hot(y, w.shape[0]))
+    others = (z - z.gather(1, y[:, None])).masked_fill(F.one_hot(y, w.shape[0]).bool(), -torch.inf)
+    loss = torch.log1p(others.exp().sum(1))
+    weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype)  # as loss_and_grads
+    gx, gw = torch.autograd.grad((loss * weights).sum(), (x, w))
+    return loss.detach(), gx, gw
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_confident_logits_stay_accurate(ops, dtype):
+    x, w, y = confident_inputs(64, 10, 128)
+    x, w = x.to(dtype), w.to(dtype)
+    loss, gx, gw = stable_truth(x.double(), w.double(), y, 64.0, 0.35)
+    assert (loss < 1e-6).all() and (loss > 0).all(), "the case must be confident"
+    fast = loss_and_grads(x, w, y, "native", scale=64.0, margin=0.35)
+    # float32 cosines are exact to ~2⁻²⁴; × s = 64 that is a relative error of ~1e-5 on
+    # e^{z_j − z_y}, whatever the input dtype (inputs are rounded before the truth is taken).
+    rel_loss = ((fast[0].double() - loss).abs() / loss).max().item()
+    assert rel_loss < 1e-3, rel_loss
+    for name, f, t in (("d_features", fast[1], gx), ("d_weight", fast[2], gw)):
+        rel = ((f.double() - t).norm() / t.norm()).item()
+        assert rel < 4 * UNIT_ROUNDOFF[dtype] + 1e-4, f"{name}: relative error {rel:.2e}"
+    _, grad_cos, _, _ = ops.he_ce_forward(x, w, y, 64.0, 0.35, 0.0, True, True)
+    true_class = grad_cos.gather(1, y[:, None]).squeeze(1).double()
+    expected = -64.0 * (-torch.expm1(-loss))  # s·(p_y − 1) with p_y = e^{−loss}
+    assert ((true_class - expected).abs() / expected.abs()).max() < 1e-3
+
+
+# ---- projected step and random start -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (2, 3, 131, 67)])
+def test_step_in_place_equals_out_of_place(ops, norm, shape):
+    x_adv, grad, x_nat = image_batch(shape, seed=7)
+    grad.view(-1)[::13] = float("nan")
+    separate = hf.pgd_step(x_adv, grad, x_nat, 0.03, 0.01, norm, backend="native")
+    in_place = x_adv.clone()
+    returned = hf.pgd_step(in_place, grad, x_nat, 0.03, 0.01, norm, out=in_place, backend="native")
+    assert returned is in_place
+    assert torch.equal(in_place, separate)
+    assert torch.isfinite(separate).all()
+
+
+def test_linf_step_is_bitwise_the_reference(ops):
+    x_adv, grad, x_nat = image_batch((8, 3, 32, 32), seed=8)
+    grad.view(-1)[::7] = 0.0
+    grad.view(-1)[::11] = float("nan")
+    eps, alpha = 0.01 + 0.05 * torch.rand(8), 0.005 + 0.01 * torch.rand(8)
+    fast = hf.pgd_step(x_adv, grad, x_nat, eps, alpha, backend="native")
+    ref = hf.pgd_step(x_adv, grad, x_nat, eps, alpha, backend="reference")
+    assert torch.equal(fast, ref)
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_mixed_dtypes_step_in_float32(ops, norm, dtype):
+    """A float32 gradient for half-precision images is used in float32, as the reference does."""
+    x_adv, grad, x_nat = image_batch((4, 3, 9, 9), dtype, seed=9)
+    grad = torch.randn(grad.shape) * 1e-9  # below float16's range: the sign must survive
+    fast = hf.pgd_step(x_adv, grad, x_nat, 0.05, 0.01, norm, backend="native")
+    ref = hf.pgd_step(x_adv, grad, x_nat, 0.05, 0.01, norm, backend="reference")
+    assert fast.dtype == dtype
+    torch.testing.assert_close(fast.float(), ref.float(), rtol=0, atol=2 * UNIT_ROUNDOFF[dtype])
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_init_is_a_function_of_the_seed(ops, norm):
+    _, _, x_nat = image_batch((3, 3, 50, 50), seed=10)
+    eps = torch.tensor([0.1, 0.2, 0.3])
+
+    def start(seed):
+        out = torch.empty_like(x_nat)
+        ops.random_init_(out, x_nat, eps, torch.tensor(seed), norm, float("-inf"), float("inf"))
+        return out
+
+    first, again, other = start(5), start(5), start(6)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    delta = (first - x_nat).flatten(1)
+    size = delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    assert (size <= eps * (1 + 1e-6)).all()
+    if norm == "linf":
+        assert (size > 0.95 * eps).all()
