@@ -1,7 +1,7 @@
 """DDP training on CPU/gloo with 2 processes on 127.0.0.1: equal ranks, equality with one
 process on the whole batch, ``heat-fast train`` under torchrun and a bit-exact DDP resume.
 
-One ``torch.multiprocessing.spawn`` (module fixture) runs every in-process check and saves
+One pair of processes (module fixture, ``torch.multiprocessing``) runs every in-process check and saves
 what each rank saw; the tests compare. The single-process comparison uses a BN-free model:
 with BatchNorm in train mode each rank normalizes its own half of the batch, which a
 full-batch step cannot reproduce, so equality with one process is only defined without BN.
@@ -107,7 +107,9 @@ def _worker(rank: int, ports, out) -> None:
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=([_free_port() for _ in range(4)], out), nprocs=WORLD, join=True)
+    # fork: the children start with torch and heat_fast already imported (seconds saved)
+    mp.start_processes(_worker, args=([_free_port() for _ in range(4)], out), nprocs=WORLD,
+                       start_method="fork")
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
@@ -168,3 +170,24 @@ def test_torchrun_runs_heat_fast_train(tmp_path):
     assert done.stdout.count("done: 1 epochs") == 1  # only rank 0 prints
     model, _ = load_model(out / "last.pt")
     assert model.he
+
+
+@pytest.mark.parametrize("env,extra,message", [
+    ({"WORLD_SIZE": "2", "LOCAL_RANK": "0"}, [], "torchrun environment incomplete: RANK"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, ["--dist-backend", "nccl"],
+     "'nccl' process-group backend is not available"),
+    ({"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0"}, ["--sync-bn"], "--sync-bn needs CUDA"),
+])
+def test_distributed_setup_errors_exit_2_with_a_message(tmp_path, monkeypatch, capsys, env,
+                                                        extra, message):
+    if "nccl" in extra and torch.distributed.is_nccl_available():
+        pytest.skip("this torch build has nccl")
+    from heat_fast.cli.train import main
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(_free_port()))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main([*CLI, "--device", "cpu", "--epochs", "1", *extra, "--out", str(tmp_path / "x")]) == 2
+    assert message in capsys.readouterr().err
+    assert not torch.distributed.is_initialized() and not (tmp_path / "x").exists()

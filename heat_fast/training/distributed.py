@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -71,6 +71,10 @@ class Distributed:
                                        "does not run on CPU tensors")
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return DistributedModel(model, self.device)
+
+    def barrier(self) -> None:
+        """Wait until every rank got here."""
+        dist.barrier()
 
     def close(self) -> None:
         """Leave the process group (idempotent)."""
@@ -139,8 +143,8 @@ class _TrainingForward(nn.Module):
 
 
 # DDP's switch for broadcasting buffers at every forward: renamed in torch 2.13
-_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
-                           if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+_DDP_OPTIONS = inspect.signature(DistributedDataParallel).parameters
+_NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_OPTIONS
                            else {"broadcast_buffers": False})
 
 
@@ -176,9 +180,15 @@ class DistributedModel(nn.Module):
 
     def sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BN running statistics), so all ranks craft
-        with the same model."""
+        with the same model. One broadcast per buffer dtype."""
+        groups: Dict[torch.dtype, List[Tensor]] = {}
         for buffer in self.module.buffers():
-            dist.broadcast(buffer, 0)
+            groups.setdefault(buffer.dtype, []).append(buffer)
+        for buffers in groups.values():
+            flat = torch.cat([b.reshape(-1) for b in buffers])
+            dist.broadcast(flat, 0)
+            for buffer, values in zip(buffers, flat.split([b.numel() for b in buffers])):
+                buffer.copy_(values.view_as(buffer))
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -149,6 +149,8 @@ class TrainingRun:
                 f"train clean {stats['train_clean_acc']:.3f} adv {stats['train_adv_acc']:.3f}  "
                 f"test clean {test['clean_acc']:.3f} PGD-{cfg.eval_steps} {test['pgd_acc']:.3f}  "
                 f"{record['seconds']:.1f}s")
+        if self.distributed is not None:
+            self.distributed.barrier()  # rank 0's files are written when any rank returns
         return self._summary(time.perf_counter() - started)
 
     def _summary(self, seconds: float) -> dict:

@@ -130,7 +130,8 @@ class Trainer:
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
         if self.distributed is not None:
-            totals = torch.tensor([float(loss_sum), float(clean), float(adv), count], dtype=torch.float64)
+            totals = torch.tensor([float(loss_sum), float(clean), float(adv), count],
+                                  dtype=torch.float64)
             loss_sum, clean, adv, count = self.distributed.all_reduce_sum(totals).tolist()
         denom = max(count, 1)
         return {"loss": float(loss_sum) / denom, "train_clean_acc": float(clean) / denom,
