@@ -65,7 +65,8 @@ def _native_build():
         sys.exit("HEAT_FAST_FORCE_CUDA=1 needs nvcc (CUDA_HOME) and a CUDA build of torch; found "
                  f"torch {torch.__version__}, CUDA_HOME={cpp_extension.CUDA_HOME}")
     if force_cuda and not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        sys.exit("HEAT_FAST_FORCE_CUDA=1 without a visible GPU needs TORCH_CUDA_ARCH_LIST, e.g. '9.0'")
+        sys.exit("HEAT_FAST_FORCE_CUDA=1 without a visible GPU needs TORCH_CUDA_ARCH_LIST, "
+                 "e.g. '9.0'")
     cxx_flags = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math"]
     link_flags: List[str] = []
     if "OpenMP" in torch.__config__.parallel_info() and sys.platform.startswith("linux"):
@@ -92,7 +93,8 @@ def _native_build():
         "cuda_arch_list": os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
         "with_cuda": with_cuda,
     })
-    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)
+    use_ninja = shutil.which("ninja") is not None
+    build_ext = cpp_extension.BuildExtension.with_options(use_ninja=use_ninja)
     return [ext], {"build_ext": build_ext}
 
 
@@ -101,11 +103,17 @@ def _nvcc_release(nvcc: str) -> Optional[str]:
         out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return None
-    releases = [line.split("release", 1)[1].strip() for line in out.splitlines() if "release" in line]
+    releases = [line.split("release", 1)[1].strip()
+                for line in out.splitlines() if "release" in line]
     return releases[0] if releases else None
 
 
-ext_modules, cmdclass = ([], {}) if _flag("HEAT_FAST_NO_NATIVE") else _native_build()
+if _flag("HEAT_FAST_NO_NATIVE"):
+    ext_modules, cmdclass = [], {}
+    if os.path.exists(BUILD_INFO_PATH):
+        os.remove(BUILD_INFO_PATH)  # describes a build this install does not ship
+else:
+    ext_modules, cmdclass = _native_build()
 
 setup(
     name="heat_fast",

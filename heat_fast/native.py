@@ -9,6 +9,8 @@ makes the backend unavailable at run time.
 Kernel functions (contracts in heat_fast.ops.he_loss and heat_fast.ops.pgd):
 ``he_ce_forward``, ``he_ce_backward``, ``pgd_step_`` and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
+``heat_fast_C::he_ce_forward`` also has a C++ autograd kernel: ``he_ce_loss_rows`` is the
+differentiable loss rows without a Python autograd wrapper.
 ``BUILD_INFO`` is the build metadata (torch, cuda, compiler, with_cuda, ...), empty when the
 extension was never built.
 """
@@ -42,7 +44,9 @@ def _running() -> str:
 
 
 def _built_for(info: Dict[str, Any]) -> str:
-    return f"torch {info.get('torch', '?')} / CUDA {info.get('cuda')}"
+    if not info:
+        return "an unrecorded torch (no heat_fast/_build_info.py)"
+    return f"torch {info.get('torch')} / CUDA {info.get('cuda')}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -50,24 +54,25 @@ def _load() -> Tuple[Optional[Any], Optional[str], Dict[str, Any]]:
     """(extension module or None, why it is unusable or None, build info), computed once."""
     info = _recorded_build_info()
     if info and info.get("torch") != torch.__version__:
-        return None, _mismatch(info, "it was not loaded"), info
+        return None, _unusable(info, "was not loaded (the torch versions differ)"), info
     try:
         module = importlib.import_module("heat_fast._C")
     except ModuleNotFoundError as error:
         if error.name != "heat_fast._C":
-            return None, _mismatch(info, f"loading it failed: {error}"), info
+            return None, _unusable(info, f"failed to load ({error})"), info
         return None, (f"the extension heat_fast._C is not built (installed with "
                       f"HEAT_FAST_NO_NATIVE=1, or not installed); build it with `{REBUILD}`"), info
     except (ImportError, OSError) as error:
-        return None, _mismatch(info, f"loading it failed: {error}"), info
+        return None, _unusable(info, f"failed to load ({error})"), info
     info = {**module.build_info(), **info}
     _register_fakes()
     return module, None, info
 
 
-def _mismatch(info: Dict[str, Any], what: str) -> str:
-    reason = (f"the extension heat_fast._C was built for {_built_for(info)} but {_running()} "
-              f"is running, and {what}; rebuild it with `{REBUILD}`")
+def _unusable(info: Dict[str, Any], what: str) -> str:
+    """The reason a built extension cannot be used, warned once (the caller is cached)."""
+    reason = (f"the extension heat_fast._C built for {_built_for(info)} {what} under "
+              f"{_running()}; rebuild it with `{REBUILD}`")
     warnings.warn(f"heat_fast: native backend disabled: {reason}", RuntimeWarning, stacklevel=3)
     return reason
 
@@ -128,9 +133,15 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
     return None
 
 
+@torch.compiler.assume_constant_result
+def _load_failure() -> Optional[str]:
+    """Loads the extension; None on success, else why not (a constant under torch.compile)."""
+    return _load()[1]
+
+
 def _ops() -> Any:
-    module, reason, _ = _load()
-    if module is None:
+    reason = _load_failure()
+    if reason is not None:
         raise RuntimeError(f"heat_fast native backend unavailable: {reason}")
     return torch.ops.heat_fast_C
 
@@ -139,25 +150,32 @@ def he_ce_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float
                   label_smoothing: float, feature_norm: bool, weight_norm: bool
                   ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(loss_rows, grad_cos, feature_norms, weight_norms); see heat_fast.ops.he_loss."""
-    return tuple(_ops().he_ce_forward(features, weight, target, scale, margin, label_smoothing,
-                                      feature_norm, weight_norm))
+    return _ops().he_ce_forward.default(features, weight, target, scale, margin,
+                                        label_smoothing, feature_norm, weight_norm)
+
+
+def he_ce_loss_rows(features: Tensor, weight: Tensor, target: Tensor, scale: float, margin: float,
+                    label_smoothing: float, feature_norm: bool, weight_norm: bool) -> Tensor:
+    """Per-example HE loss (B,), differentiable w.r.t. features and weight (C++ autograd)."""
+    return he_ce_forward(features, weight, target, scale, margin, label_smoothing, feature_norm,
+                         weight_norm)[0]
 
 
 def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos: Tensor,
                    feature_norms: Tensor, weight_norms: Tensor, feature_norm: bool,
                    weight_norm: bool) -> Tuple[Tensor, Tensor]:
     """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss."""
-    return tuple(_ops().he_ce_backward(grad_rows, features, weight, grad_cos, feature_norms,
-                                       weight_norms, feature_norm, weight_norm))
+    return _ops().he_ce_backward.default(grad_rows, features, weight, grad_cos, feature_norms,
+                                         weight_norms, feature_norm, weight_norm)
 
 
 def pgd_step_(out: Tensor, x_adv: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,
               alpha: Tensor, norm: str, clip_min: float, clip_max: float) -> None:
     """Writes the projected step into out (which may be x_adv); see heat_fast.ops.pgd."""
-    _ops().pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max)
+    _ops().pgd_step_.default(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max)
 
 
 def random_init_(out: Tensor, x_nat: Tensor, eps: Tensor, seed: Tensor, norm: str,
                  clip_min: float, clip_max: float) -> None:
     """Writes a random start drawn from seed into out; see heat_fast.ops.pgd."""
-    _ops().random_init_(out, x_nat, eps, seed, norm, clip_min, clip_max)
+    _ops().random_init_.default(out, x_nat, eps, seed, norm, clip_min, clip_max)

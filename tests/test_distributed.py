@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -24,9 +25,10 @@ from heat_fast.data import TensorLoader, load_dataset
 from heat_fast.models import build_model
 from heat_fast.models.base import Classifier
 from heat_fast.training import Trainer, load_model
-from heat_fast.training.distributed import rank_seed, setup
+from heat_fast.training.distributed import TIMEOUT_VAR, rank_seed, setup
 
 WORLD = 2
+WORKER_DEADLINE_S = 300
 BATCH, STEPS = 32, 2
 # name -> (framework, he, BN-free model, attack start)
 CASES = {
@@ -107,9 +109,18 @@ def _worker(rank: int, ports, out) -> None:
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    # fork: the children start with torch and heat_fast already imported (seconds saved)
-    mp.start_processes(_worker, args=([_free_port() for _ in range(4)], out), nprocs=WORLD,
-                       start_method="fork")
+    os.environ.setdefault(TIMEOUT_VAR, "120")
+    # fork: the children start with torch and heat_fast imported and drop to one thread
+    # first. Spawned children re-importing under pytest stalled here; the deadline below
+    # turns any stall into a failure instead of a hung CI.
+    workers = mp.start_processes(_worker, args=([_free_port() for _ in range(4)], out),
+                                 nprocs=WORLD, start_method="fork", join=False)
+    deadline = time.monotonic() + WORKER_DEADLINE_S
+    while not workers.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            pytest.fail(f"the DDP workers did not finish within {WORKER_DEADLINE_S} s")
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 

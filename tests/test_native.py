@@ -91,7 +91,7 @@ def test_direct_op_is_differentiable(ops):
     w.requires_grad_(True)
 
     def rows(a, b):
-        return ops.he_ce_forward(a, b, y, 8.0, 0.3, 0.1, True, True)[0]
+        return native.he_ce_loss_rows(a, b, y, 8.0, 0.3, 0.1, True, True)
 
     assert torch.autograd.gradcheck(rows, (x, w))
     direct = torch.autograd.grad(rows(x, w).sum(), (x, w))
@@ -267,7 +267,8 @@ def test_gradcheck(ops, batch, classes, dim, options):
     assert torch.autograd.gradcheck(loss, (x, w))
 
 
-@pytest.mark.parametrize("batch,classes,dim", [(1, 2, 1), (1, 2, 3), (17, 1000, 33), (128, 10, 640)])
+@pytest.mark.parametrize("batch,classes,dim",
+                         [(1, 2, 1), (1, 2, 3), (17, 1000, 33), (128, 10, 640)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_matches_reference_error(ops, dtype, batch, classes, dim):
     """Both paths compute in float32 from the same rounded inputs, so native's error against
@@ -339,6 +340,15 @@ def test_step_in_place_equals_out_of_place(ops, norm, shape):
     assert returned is in_place
     assert torch.equal(in_place, separate)
     assert torch.isfinite(separate).all()
+
+
+def test_empty_samples(ops):
+    x_adv, grad, x_nat = (torch.empty(2, 0) for _ in range(3))
+    eps, alpha = budgets(2)
+    for norm in ("linf", "l2"):
+        out = torch.empty(2, 0)
+        ops.pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0)
+        ops.random_init_(out, x_nat, eps, torch.tensor(1), norm, 0.0, 1.0)
 
 
 def test_linf_step_is_bitwise_the_reference(ops):

@@ -41,7 +41,8 @@ template <bool kAvx2, typename... T>
 using StepOf = std::conditional_t<kAvx2, avx2::Step<T...>, baseline::Step<T...>>;
 
 template <bool kAvx2, typename... T>
-using RandomStartOf = std::conditional_t<kAvx2, avx2::RandomStart<T...>, baseline::RandomStart<T...>>;
+using RandomStartOf =
+    std::conditional_t<kAvx2, avx2::RandomStart<T...>, baseline::RandomStart<T...>>;
 
 // Calls f(out_t{}) for the C++ type of dtype t.
 template <typename F>
@@ -62,6 +63,9 @@ void pgd_step_(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor&
                const at::Tensor& x_nat, const at::Tensor& eps, const at::Tensor& alpha,
                std::string norm, double clip_min, double clip_max) {
   check_pgd_step(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max);
+  if (out.numel() == 0) {
+    return;
+  }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const bool same = grad.scalar_type() == out.scalar_type() &&
                     x_nat.scalar_type() == out.scalar_type();
@@ -101,6 +105,9 @@ void pgd_step_(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor&
 void random_init_(const at::Tensor& out, const at::Tensor& x_nat, const at::Tensor& eps,
                   const at::Tensor& seed, std::string norm, double clip_min, double clip_max) {
   check_random_init(out, x_nat, eps, seed, norm, clip_min, clip_max);
+  if (out.numel() == 0) {
+    return;
+  }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const at::Tensor xn = x_nat.contiguous();
   const at::Tensor e = eps.contiguous();

@@ -1,5 +1,5 @@
 // CUDA kernels of the fused HE cosine-margin cross-entropy (see launch.h and the CPU twin
-// csrc/cpu/he_loss.cpp for the math). The GEMMs run in cuBLAS through at::mm (ops.cpp);
+// csrc/cpu/he_loss_kernels.inc for the math). The GEMMs run in cuBLAS through at::mm (ops.cpp);
 // these kernels are the per-row passes around them, one block per row, math in `acc_t`.
 #include <cmath>
 
@@ -50,8 +50,8 @@ __global__ void ce_rows_kernel(acc_t* __restrict__ buf, const int64_t* __restric
   acc_t z_max = -INFINITY;
   acc_t z_sum = 0;
   for (int64_t j = threadIdx.x; j < classes; j += blockDim.x) {
-    const acc_t cos = z[j] * inv_x * inverse_norm(weight_norms[j], o.weight_norm);
-    const acc_t v = s * (j == y ? cos - m : cos);
+    const acc_t cos_j = z[j] * inv_x * inverse_norm(weight_norms[j], o.weight_norm);
+    const acc_t v = s * (j == y ? cos_j - m : cos_j);
     z[j] = v;
     z_max = fmax(z_max, v);
     z_sum += v;
@@ -127,7 +127,17 @@ __global__ void normalize_backward_kernel(acc_t* __restrict__ grad, const acc_t*
 
 unsigned grid_for(int64_t total, int threads) {
   const int64_t blocks = (total + threads - 1) / threads;
-  return static_cast<unsigned>(blocks < (1 << 20) ? (blocks > 0 ? blocks : 1) : (1 << 20));
+  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
+}
+
+// Calls f(acc_t{}) with acc_t float or double for dtype kFloat32 or kFloat64.
+template <typename F>
+void with_acc(DType dtype, const F& f) {
+  if (dtype == DType::kFloat64) {
+    f(double{});
+  } else {
+    f(float{});
+  }
 }
 
 }  // namespace
@@ -137,14 +147,11 @@ cudaError_t row_norms(const void* x, int64_t rows, int64_t cols, DType dtype, vo
   if (rows == 0) {
     return cudaSuccess;
   }
-  const int threads = threads_for(cols);
-  if (dtype == DType::kFloat64) {
-    row_norms_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(static_cast<const double*>(x), cols,
-                                                   static_cast<double*>(norms));
-  } else {
-    row_norms_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(static_cast<const float*>(x), cols,
-                                                   static_cast<float*>(norms));
-  }
+  with_acc(dtype, [&](auto tag) {
+    using acc_t = decltype(tag);
+    row_norms_kernel<<<static_cast<unsigned>(rows), threads_for(cols), 0, stream>>>(
+        static_cast<const acc_t*>(x), cols, static_cast<acc_t*>(norms));
+  });
   return cudaGetLastError();
 }
 
@@ -154,16 +161,12 @@ cudaError_t ce_rows(void* buf, const int64_t* target, const void* feature_norms,
   if (batch == 0) {
     return cudaSuccess;
   }
-  const int threads = threads_for(classes);
-  if (dtype == DType::kFloat64) {
-    ce_rows_kernel<<<static_cast<unsigned>(batch), threads, 0, stream>>>(
-        static_cast<double*>(buf), target, static_cast<const double*>(feature_norms),
-        static_cast<const double*>(weight_norms), classes, options, static_cast<double*>(loss));
-  } else {
-    ce_rows_kernel<<<static_cast<unsigned>(batch), threads, 0, stream>>>(
-        static_cast<float*>(buf), target, static_cast<const float*>(feature_norms),
-        static_cast<const float*>(weight_norms), classes, options, static_cast<float*>(loss));
-  }
+  with_acc(dtype, [&](auto tag) {
+    using acc_t = decltype(tag);
+    ce_rows_kernel<<<static_cast<unsigned>(batch), threads_for(classes), 0, stream>>>(
+        static_cast<acc_t*>(buf), target, static_cast<const acc_t*>(feature_norms),
+        static_cast<const acc_t*>(weight_norms), classes, options, static_cast<acc_t*>(loss));
+  });
   return cudaGetLastError();
 }
 
@@ -176,19 +179,13 @@ cudaError_t scaled_grads(const void* grad_rows, const void* grad_cos, const void
     return cudaSuccess;
   }
   constexpr int kThreads = 256;
-  if (dtype == DType::kFloat64) {
+  with_acc(dtype, [&](auto tag) {
+    using acc_t = decltype(tag);
     scaled_grads_kernel<<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<const double*>(grad_rows), static_cast<const double*>(grad_cos),
-        static_cast<const double*>(feature_norms), static_cast<const double*>(weight_norms),
-        classes, total, feature_norm, weight_norm, static_cast<double*>(gw),
-        static_cast<double*>(gx));
-  } else {
-    scaled_grads_kernel<<<grid_for(total, kThreads), kThreads, 0, stream>>>(
-        static_cast<const float*>(grad_rows), static_cast<const float*>(grad_cos),
-        static_cast<const float*>(feature_norms), static_cast<const float*>(weight_norms),
-        classes, total, feature_norm, weight_norm, static_cast<float*>(gw),
-        static_cast<float*>(gx));
-  }
+        static_cast<const acc_t*>(grad_rows), static_cast<const acc_t*>(grad_cos),
+        static_cast<const acc_t*>(feature_norms), static_cast<const acc_t*>(weight_norms), classes,
+        total, feature_norm, weight_norm, static_cast<acc_t*>(gw), static_cast<acc_t*>(gx));
+  });
   return cudaGetLastError();
 }
 
@@ -197,16 +194,12 @@ cudaError_t normalize_backward(void* grad, const void* x, const void* norms, int
   if (rows == 0) {
     return cudaSuccess;
   }
-  const int threads = threads_for(cols);
-  if (dtype == DType::kFloat64) {
-    normalize_backward_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-        static_cast<double*>(grad), static_cast<const double*>(x),
-        static_cast<const double*>(norms), cols);
-  } else {
-    normalize_backward_kernel<<<static_cast<unsigned>(rows), threads, 0, stream>>>(
-        static_cast<float*>(grad), static_cast<const float*>(x), static_cast<const float*>(norms),
+  with_acc(dtype, [&](auto tag) {
+    using acc_t = decltype(tag);
+    normalize_backward_kernel<<<static_cast<unsigned>(rows), threads_for(cols), 0, stream>>>(
+        static_cast<acc_t*>(grad), static_cast<const acc_t*>(x), static_cast<const acc_t*>(norms),
         cols);
-  }
+  });
   return cudaGetLastError();
 }
 

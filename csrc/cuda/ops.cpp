@@ -121,6 +121,9 @@ void pgd_step_(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor&
                const at::Tensor& x_nat, const at::Tensor& eps, const at::Tensor& alpha,
                std::string norm, double clip_min, double clip_max) {
   check_pgd_step(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max);
+  if (out.numel() == 0) {
+    return;
+  }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::cuda::CUDAGuard guard(out.device());
   const bool same = grad.scalar_type() == out.scalar_type() &&
@@ -147,6 +150,9 @@ void pgd_step_(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor&
 void random_init_(const at::Tensor& out, const at::Tensor& x_nat, const at::Tensor& eps,
                   const at::Tensor& seed, std::string norm, double clip_min, double clip_max) {
   check_random_init(out, x_nat, eps, seed, norm, clip_min, clip_max);
+  if (out.numel() == 0) {
+    return;
+  }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::cuda::CUDAGuard guard(out.device());
   const at::Tensor xn = x_nat.contiguous();

@@ -1,10 +1,11 @@
 // CUDA kernels of the batched projected step and random start (see launch.h and the CPU twin
-// csrc/cpu/pgd.cpp for the math).
+// csrc/cpu/pgd_kernels.inc for the math).
 //
 // L∞ step: one grid-stride pass with vector loads (16 bytes of each input per thread and
 // iteration when the sample size and pointers allow). L2 step and L2 random start: blocks
 // over fixed chunks of a sample write partial sums to a workspace; later passes add a
 // sample's partials in a fixed order (no atomics, so results are deterministic).
+#include <algorithm>
 #include <cmath>
 
 #include "../philox.h"
@@ -232,8 +233,8 @@ struct RandomStart {
     const auto s = static_cast<uint64_t>(*seed);
     const double sum = sum_partials(partial + c.sample * c.chunks, c.chunks, slot);
     const acc_t norm = fmax(static_cast<acc_t>(sqrt(sum)), acc_t(kNormEps));
-    const acc_t factor =
-        static_cast<acc_t>(rng::sample_radius(s, c.sample)) * static_cast<acc_t>(eps[c.sample]) / norm;
+    const acc_t radius = static_cast<acc_t>(rng::sample_radius(s, c.sample));
+    const acc_t factor = radius * static_cast<acc_t>(eps[c.sample]) / norm;
     for (int64_t k = c.begin + 4 * threadIdx.x; k < c.end; k += 4 * blockDim.x) {
       float n[4];
       rng::normals4(rng::element_words(s, c.sample, k / 4), n);
@@ -297,7 +298,7 @@ template <typename in_t, typename out_t, int V>
 void launch_linf(const StepArgs& a, cudaStream_t stream) {
   const int64_t total = a.batch * a.numel;
   const int64_t threads_needed = (total / V + kThreads - 1) / kThreads;
-  const auto blocks = static_cast<unsigned>(threads_needed < (1 << 20) ? threads_needed : (1 << 20));
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>(threads_needed, 1 << 20));
   linf_step_kernel<in_t, out_t, V><<<blocks, kThreads, 0, stream>>>(
       static_cast<out_t*>(a.out), static_cast<const in_t*>(a.x_adv),
       static_cast<const in_t*>(a.grad), static_cast<const in_t*>(a.x_nat), a.eps, a.alpha,

@@ -100,9 +100,9 @@ def check_batch(x: Tensor, y: Tensor) -> None:
     _checks.check_same_device(x=x, y=y)
 
 
-def check_eps(eps: float) -> float:
+def check_eps(eps: float, name: str = "eps") -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+        raise ValueError(f"{name} must be a finite float >= 0, got {eps!r}")
     return float(eps)
 
 

@@ -25,10 +25,10 @@ class IterativeAttack(BallAttack):
                  norm: str = "linf", restarts: int = 1, random_start: bool = True,
                  clip: Optional[Sequence[float]] = (0.0, 1.0), seed: int = 0,
                  backend: str = "auto"):
-        super().__init__(check_eps(eps), get_loss(loss), norm, restarts, random_start, clip,
+        super().__init__(eps, get_loss(loss), norm, restarts, random_start, clip,
                          seed, backend)
         self.steps = check_count("steps", steps)
-        self.alpha = self.eps / 4 if alpha is None else check_eps(alpha)
+        self.alpha = self.eps / 4 if alpha is None else check_eps(alpha, "alpha")
 
     def init_state(self, x_adv: Tensor) -> Dict[str, Tensor]:
         """Extra per-example state of the direction rule (none for plain PGD)."""

@@ -30,8 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default="runs/quickstart", help="output folder (default: %(default)s)")
     parser.add_argument("--epochs", type=positive_int, default=8, help="default: %(default)s")
     parser.add_argument("--seed", type=int, default=0, help="training and attack seed")
-    parser.add_argument("--n-examples", type=positive_int, default=360,
-                        help="test images evaluated (default: %(default)s, all of digits)")
+    parser.add_argument("--n-examples", type=positive_int, default=200,
+                        help="test images evaluated (default: %(default)s of 360)")
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
                         help="cap training batches per epoch (smoke runs)")
     parser.add_argument("--device", default="cpu")

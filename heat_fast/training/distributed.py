@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -21,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils._pytree import tree_map
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+TIMEOUT_VAR = "HEAT_FAST_DIST_TIMEOUT"
 RANK_SEED_STRIDE = 10_007
 
 
@@ -100,8 +102,10 @@ def setup(device: str, backend: Optional[str] = None) -> Optional[Distributed]:
     """Join the process group torchrun describes; None when not launched by torchrun.
 
     ``device`` is the run's device type ("cpu" or "cuda"; an index is replaced by LOCAL_RANK).
-    ``backend`` defaults to nccl on CUDA and gloo on CPU. Raises :class:`DistributedError`
-    when the environment is incomplete, the backend unavailable, or the GPU missing.
+    ``backend`` defaults to nccl on CUDA and gloo on CPU. Collectives give up after
+    HEAT_FAST_DIST_TIMEOUT seconds (default 1800) instead of waiting for a lost peer forever.
+    Raises :class:`DistributedError` when the environment is incomplete, the backend
+    unavailable, or the GPU missing.
     """
     if not launched_by_torchrun():
         return None
@@ -124,7 +128,8 @@ def setup(device: str, backend: Optional[str] = None) -> Optional[Distributed]:
         torch_device = torch.device(device_type)
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend, rank=rank, world_size=world_size)
+            timeout = timedelta(seconds=float(os.environ.get(TIMEOUT_VAR, 1800)))
+            dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timeout)
         except (RuntimeError, ValueError) as exc:
             raise DistributedError(f"cannot join the {backend} process group as rank {rank} of "
                                    f"{world_size}: {str(exc).splitlines()[0]}") from None
