@@ -17,7 +17,10 @@ feature_norm, weight_norm) -> (d_features, d_weight)`` in each input's dtype, wi
 
 They are wrapped as the torch custom ops ``heat_fast::he_ce_forward`` and
 ``heat_fast::he_ce_backward`` (with fake implementations and autograd), which take the
-backend name as their last argument. The reference backend is plain torch autograd.
+backend name as their last argument. The native backend's own dispatcher op
+``heat_fast_C::he_ce_forward`` carries its autograd in C++, so :func:`he_cross_entropy`
+calls it directly and skips this Python layer (about 0.3 ms a call on CPU). The reference
+backend is plain torch autograd.
 """
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from heat_fast import _checks, reference
+from heat_fast import _checks, native, reference
 from heat_fast.ops.dispatch import kernels, resolve_backend
 
 
@@ -147,10 +150,12 @@ def he_cross_entropy(
             features, weight, target, scale, margin, reduction, label_smoothing,
             feature_norm, weight_norm,
         )
-    loss_rows = he_ce_forward_op(
-        features.contiguous(), weight.contiguous(), target.contiguous(), float(scale),
-        float(margin), float(label_smoothing), bool(feature_norm), bool(weight_norm), name,
-    )[0]
+    args = (features.contiguous(), weight.contiguous(), target.contiguous(), float(scale),
+            float(margin), float(label_smoothing), bool(feature_norm), bool(weight_norm))
+    if name == "native":
+        loss_rows = native.he_ce_loss_rows(*args)
+    else:
+        loss_rows = he_ce_forward_op(*args, name)[0]
     if reduction == "mean":
         return loss_rows.mean()
     if reduction == "sum":

@@ -10,7 +10,8 @@ clip_max) -> None``
 
 ``norm`` is "linf" or "l2"; an open box is clip_min = -inf, clip_max = inf. They are
 wrapped as the mutating custom ops ``heat_fast::pgd_step_`` and ``heat_fast::random_init_``,
-which take the backend name as their last argument.
+which take the backend name as their last argument. :func:`pgd_step` calls the native
+backend's own dispatcher op ``heat_fast_C::pgd_step_`` directly, skipping this Python layer.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from heat_fast import _checks, reference
+from heat_fast import _checks, native, reference
 from heat_fast.ops.dispatch import kernels, resolve_backend
 
 SEED_HIGH = 2**62
@@ -83,8 +84,12 @@ def pgd_step(
     target = out if out is not None and out.is_contiguous() else torch.empty_like(
         x_adv, memory_format=torch.contiguous_format
     )
-    pgd_step_op(target, x_adv.contiguous(), grad.contiguous(), x_nat.contiguous(),
-                eps_t, alpha_t, norm, lo, hi, name)
+    args = (target, x_adv.contiguous(), grad.contiguous(), x_nat.contiguous(), eps_t, alpha_t,
+            norm, lo, hi)
+    if name == "native":
+        native.pgd_step_(*args)
+    else:
+        pgd_step_op(*args, name)
     if out is not None and target is not out:
         return out.copy_(target)
     return target
