@@ -31,20 +31,9 @@ struct LossOptions {
   bool feature_norm, weight_norm;
 };
 
-namespace baseline {
-#include "he_loss_kernels.inc"
-}  // namespace baseline
-
-#ifdef HEAT_FAST_AVX2_KERNELS
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "he_loss_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#else
-namespace avx2 = baseline;
-#endif
+#define HEAT_FAST_KERNELS_INC "he_loss_kernels.inc"
+#include "isa_variants.inc"
+#undef HEAT_FAST_KERNELS_INC
 
 namespace {
 

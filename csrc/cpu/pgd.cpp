@@ -20,20 +20,9 @@
 #include "isa.h"
 
 namespace heat_fast::cpu {
-namespace baseline {
-#include "pgd_kernels.inc"
-}  // namespace baseline
-
-#ifdef HEAT_FAST_AVX2_KERNELS
-#pragma GCC push_options
-#pragma GCC target("avx2")
-namespace avx2 {
-#include "pgd_kernels.inc"
-}  // namespace avx2
-#pragma GCC pop_options
-#else
-namespace avx2 = baseline;
-#endif
+#define HEAT_FAST_KERNELS_INC "pgd_kernels.inc"
+#include "isa_variants.inc"
+#undef HEAT_FAST_KERNELS_INC
 
 namespace {
 
