@@ -11,6 +11,7 @@ the ranks' mean losses over equal halves) equals the full-batch step up to float
 """
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -42,10 +43,46 @@ CLI = ["--dataset", "digits", "--framework", "pgd-at", "--he", "--max-steps-per-
        "--eval-examples", "8", "--eval-steps", "1", "--no-progress"]
 
 
+def _free_ports(count: int) -> list:
+    """``count`` distinct ports that are free now and that the OS never hands out itself.
+
+    The workers' ports are picked before they start and used minutes later. OS-assigned
+    ports lie in the ephemeral range, where gloo's own connections take ports meanwhile (seen
+    in CI: a rank reached a stale socket and the rendezvous timed out), so pick below it.
+    """
+    low = _ephemeral_range()[0]
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    held = []
+    try:
+        for _ in range(50 * count):
+            if len(held) == count:
+                break
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", rng.randrange(max(1024, low - 12000), low)))
+            except OSError:
+                s.close()
+                continue
+            held.append(s)
+        if len(held) < count:
+            raise RuntimeError(f"found {len(held)} of {count} free ports below {low}")
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _free_ports(1)[0]
+
+
+def _ephemeral_range() -> tuple:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = f.read().split()
+        return int(low), int(high)
+    except OSError:
+        return 32768, 60999
 
 
 def _data():
@@ -113,7 +150,7 @@ def spawned(tmp_path_factory):
     # fork: the children start with torch and heat_fast imported and drop to one thread
     # first. Spawned children re-importing under pytest stalled here; the deadline below
     # turns any stall into a failure instead of a hung CI.
-    workers = mp.start_processes(_worker, args=([_free_port() for _ in range(4)], out),
+    workers = mp.start_processes(_worker, args=(_free_ports(4), out),
                                  nprocs=WORLD, start_method="fork", join=False)
     deadline = time.monotonic() + WORKER_DEADLINE_S
     while not workers.join(timeout=5):
