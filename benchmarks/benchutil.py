@@ -4,6 +4,8 @@ Every benchmark is grouped by (op, shape, dtype, device) and carries its backend
 ``extra_info`` so benchmarks/report.py can print each backend's ratio against the
 reference measured in the same run. GPU-only cases skip cleanly on CPU.
 """
+import time
+
 import pytest
 import torch
 
@@ -30,7 +32,10 @@ def skip_unless_runs(backend: str, device: str, dtype: torch.dtype) -> None:
 
 
 def run_timed(benchmark, fn, device: str, group: str, backend: str, **info):
-    """Time ``fn`` (warmed up, synchronised before the clock stops) under ``group``."""
+    """Time ``fn`` under ``group``: warmed up, synchronised before the clock stops, and called
+    back to back within each round for at least ROUND_SECONDS, so that sub-millisecond ops are
+    timed in their steady state (as in a training loop) rather than with the timer's and the
+    harness's overhead between single calls."""
     benchmark.group = group
     benchmark.extra_info.update(backend=backend, device=device, torch=torch.__version__, **info)
     if device == "cuda":
@@ -42,5 +47,19 @@ def run_timed(benchmark, fn, device: str, group: str, backend: str, **info):
 
     for _ in range(3):
         timed()
-    benchmark.pedantic(timed, rounds=20 if device == "cpu" else 100, iterations=1,
+    iterations = _iterations(timed, ROUND_SECONDS[device])
+    benchmark.extra_info["iterations_per_round"] = iterations
+    benchmark.pedantic(timed, rounds=20 if device == "cpu" else 100, iterations=iterations,
                        warmup_rounds=2)
+
+
+ROUND_SECONDS = {"cpu": 5e-3, "cuda": 2e-3}
+
+
+def _iterations(timed, seconds: float) -> int:
+    """How many back-to-back calls of ``timed`` fill ``seconds`` (1 to 1000)."""
+    start = time.perf_counter()
+    for _ in range(3):
+        timed()
+    per_call = (time.perf_counter() - start) / 3
+    return max(1, min(1000, round(seconds / max(per_call, 1e-9))))

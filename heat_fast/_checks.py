@@ -40,56 +40,71 @@ def check_same_device(**tensors: Optional[torch.Tensor]) -> None:
         raise ValueError(f"all tensors must be on one device, got {listed}")
 
 
-def check_target(target: torch.Tensor, batch: int, num_classes: int) -> torch.Tensor:
-    """Validate class labels (B,) in [0, C) and return them as int64."""
+def check_target(target: torch.Tensor, batch: int, num_classes: int,
+                 check_range: bool = True) -> torch.Tensor:
+    """Validate class labels (B,) in [0, C) and return them as int64.
+
+    ``check_range=False`` leaves the label range to a kernel that checks it itself (with the
+    same ValueError), which saves a pass over the labels.
+    """
     if not isinstance(target, torch.Tensor):
         raise TypeError(f"target must be a torch.Tensor of class indices, got {type(target).__name__}")
-    if target.dtype.is_floating_point or target.dtype in (torch.bool, torch.complex64):
-        raise TypeError(f"target must hold integer class indices (int64), got {target.dtype}")
+    if target.dtype != torch.int64:
+        if target.dtype.is_floating_point or target.dtype.is_complex or target.dtype == torch.bool:
+            raise TypeError(f"target must hold integer class indices (int64), got {target.dtype}")
+        target = target.long()
     if target.dim() != 1 or target.shape[0] != batch:
         raise ValueError(
             f"target must have shape ({batch},) to match features, got {tuple(target.shape)}"
         )
-    target = target.long()
-    if batch == 0:
+    if batch == 0 or not check_range:
         return target
     if _host_checkable(target):
-        lo, hi = int(target.min()), int(target.max())
+        lo, hi = (int(v) for v in torch.aminmax(target))
         if lo < 0 or hi >= num_classes:
-            bad = lo if lo < 0 else hi
-            raise ValueError(
-                f"target holds label {bad}, expected labels in [0, {num_classes}) "
-                f"for weight with {num_classes} classes"
-            )
+            raise ValueError(label_error(lo if lo < 0 else hi, num_classes))
     else:
         ok = (target >= 0).all() & (target < num_classes).all()
         torch._assert_async(ok, f"target labels must lie in [0, {num_classes})")
     return target
 
 
+def label_error(label: int, num_classes: int) -> str:
+    """The message for a label outside [0, C) (the native kernels raise the same)."""
+    return (f"target holds label {label}, expected labels in [0, {num_classes}) "
+            f"for weight with {num_classes} classes")
+
+
 def check_he_inputs(
-    features: torch.Tensor, weight: torch.Tensor, target: Optional[torch.Tensor]
+    features: torch.Tensor, weight: torch.Tensor, target: Optional[torch.Tensor],
+    check_labels: bool = True,
 ) -> Optional[torch.Tensor]:
-    """Validate HE head inputs: features (B, D), weight (C, D), target (B,) in [0, C)."""
+    """Validate HE head inputs: features (B, D), weight (C, D), target (B,) in [0, C).
+
+    Returns target as int64 (None stays None). ``check_labels=False``: see check_target.
+    """
     check_float("features", features)
     check_float("weight", weight)
     if features.dim() != 2:
         raise ValueError(f"features must be 2-D (B, D), got shape {tuple(features.shape)}")
     if weight.dim() != 2:
         raise ValueError(f"weight must be 2-D (C, D), got shape {tuple(weight.shape)}")
-    if weight.shape[1] != features.shape[1]:
+    (batch, dim), classes = features.shape, weight.shape[0]
+    if weight.shape[1] != dim:
         raise ValueError(
-            f"weight must have D = {features.shape[1]} columns to match features, "
+            f"weight must have D = {dim} columns to match features, "
             f"got shape {tuple(weight.shape)}"
         )
-    if features.shape[0] < 1 or features.shape[1] < 1:
+    if batch < 1 or dim < 1:
         raise ValueError(f"features must have B >= 1 and D >= 1, got shape {tuple(features.shape)}")
-    if weight.shape[0] < 2:
+    if classes < 2:
         raise ValueError(f"weight must have C >= 2 class rows, got shape {tuple(weight.shape)}")
-    check_same_device(features=features, weight=weight, target=target)
+    device = features.device
+    if weight.device != device or (target is not None and target.device != device):
+        check_same_device(features=features, weight=weight, target=target)
     if target is None:
         return None
-    return check_target(target, features.shape[0], weight.shape[0])
+    return check_target(target, batch, classes, check_labels)
 
 
 def check_scale_margin(scale: float, margin: float, label_smoothing: float = 0.0) -> None:

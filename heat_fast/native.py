@@ -9,8 +9,8 @@ makes the backend unavailable at run time.
 Kernel functions (contracts in heat_fast.ops.he_loss and heat_fast.ops.pgd):
 ``he_ce_forward``, ``he_ce_backward``, ``pgd_step_`` and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
-``heat_fast_C::he_ce_forward`` also has a C++ autograd kernel: ``he_ce_loss_rows`` is the
-differentiable loss rows without a Python autograd wrapper.
+``he_cross_entropy`` is the whole differentiable loss, reduced inside the op
+``heat_fast_C::he_cross_entropy``, whose autograd is C++ (no Python autograd wrapper).
 ``BUILD_INFO`` is the build metadata (torch, cuda, compiler, with_cuda, ...), empty when the
 extension was never built.
 """
@@ -28,6 +28,7 @@ from torch import Tensor
 DISABLE_ENV = "HEAT_FAST_DISABLE_NATIVE"
 REBUILD = "pip install --no-build-isolation -e ."
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}  # heat_fast_C::he_cross_entropy's codes (ATen's)
 
 
 def _recorded_build_info() -> Dict[str, Any]:
@@ -90,6 +91,12 @@ def _register_fakes() -> None:
                 features.new_empty((batch, classes), dtype=dtype),
                 features.new_empty((batch,), dtype=dtype),
                 features.new_empty((classes,), dtype=dtype))
+
+    @torch.library.register_fake("heat_fast_C::he_cross_entropy")
+    def _(features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm,
+          reduction):
+        shape = (features.shape[0],) if reduction == REDUCTIONS["none"] else ()
+        return features.new_empty(shape, dtype=stat_dtype(features))
 
     @torch.library.register_fake("heat_fast_C::he_ce_backward")
     def _(grad_rows, features, weight, grad_cos, feature_norms, weight_norms, feature_norm,
@@ -154,11 +161,14 @@ def he_ce_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float
                                         label_smoothing, feature_norm, weight_norm)
 
 
-def he_ce_loss_rows(features: Tensor, weight: Tensor, target: Tensor, scale: float, margin: float,
-                    label_smoothing: float, feature_norm: bool, weight_norm: bool) -> Tensor:
-    """Per-example HE loss (B,), differentiable w.r.t. features and weight (C++ autograd)."""
-    return he_ce_forward(features, weight, target, scale, margin, label_smoothing, feature_norm,
-                         weight_norm)[0]
+def he_cross_entropy(features: Tensor, weight: Tensor, target: Tensor, scale: float,
+                     margin: float, label_smoothing: float, feature_norm: bool,
+                     weight_norm: bool, reduction: str) -> Tensor:
+    """The HE loss reduced by ``reduction`` ("none", "mean", "sum"), differentiable w.r.t.
+    features and weight through the op's C++ autograd; float32 (float64 for float64 inputs)."""
+    return _ops().he_cross_entropy.default(features, weight, target, scale, margin,
+                                           label_smoothing, feature_norm, weight_norm,
+                                           REDUCTIONS[reduction])
 
 
 def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos: Tensor,

@@ -175,7 +175,8 @@ def test_bad_inputs_name_the_argument(backend):
     cases = [
         ((x, w[:, :5], y), {}, "weight"),
         ((x, w, y[:3]), {}, "target"),
-        ((x, w, y + 3), {}, "target holds label"),
+        ((x, w, y + 3), {}, r"target holds label \d+, expected labels in \[0, 3\)"),
+        ((x, w, y - 5), {}, r"target holds label -\d+, expected labels in \[0, 3\)"),
         ((x, w, y.float()), {}, "target"),
         ((x.long(), w, y), {}, "features"),
         ((x[0], w, y), {}, "features"),

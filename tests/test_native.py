@@ -65,6 +65,8 @@ def test_opcheck_he_ops(ops, dtype, options):
     args = (x.requires_grad_(True), w.requires_grad_(True), y, 15.0, 0.2, smoothing,
             feature_norm, weight_norm)
     torch.library.opcheck(ops.he_ce_forward.default, args)
+    for reduction in native.REDUCTIONS.values():
+        torch.library.opcheck(ops.he_cross_entropy.default, (*args, reduction))
     x, w = x.detach(), w.detach()
     _, grad_cos, x_norms, w_norms = ops.he_ce_forward(x, w, *args[2:])
     grad_rows = torch.linspace(0.5, 1.5, 5, dtype=dtype)
@@ -84,16 +86,17 @@ def test_opcheck_pgd_ops(ops, dtype, norm):
 
 
 def test_direct_op_is_differentiable(ops):
-    """heat_fast_C::he_ce_forward carries its own (C++) autograd: same gradients as the
-    public function, float64 gradcheck, and torch.compile(fullgraph=True)."""
+    """heat_fast_C::he_cross_entropy carries its own (C++) autograd: same gradients as the
+    public function, float64 gradcheck for every reduction, and torch.compile(fullgraph=True)."""
     x, w, y = he_inputs(6, 5, 7, torch.float64, seed=11)
     x.requires_grad_(True)
     w.requires_grad_(True)
 
-    def rows(a, b):
-        return native.he_ce_loss_rows(a, b, y, 8.0, 0.3, 0.1, True, True)
+    def rows(a, b, reduction="none"):
+        return native.he_cross_entropy(a, b, y, 8.0, 0.3, 0.1, True, True, reduction)
 
-    assert torch.autograd.gradcheck(rows, (x, w))
+    for reduction in ("none", "mean", "sum"):
+        assert torch.autograd.gradcheck(lambda a, b: rows(a, b, reduction), (x, w))
     direct = torch.autograd.grad(rows(x, w).sum(), (x, w))
     public = torch.autograd.grad(
         hf.he_cross_entropy(x, w, y, 8.0, 0.3, "sum", 0.1, backend="native"), (x, w))
@@ -102,11 +105,14 @@ def test_direct_op_is_differentiable(ops):
     torch._dynamo.reset()
     compiled = torch.compile(lambda a, b: rows(a, b).sum(), fullgraph=True)
     torch.testing.assert_close(torch.autograd.grad(compiled(x, w), (x, w)), direct)
+    compiled_mean = torch.compile(lambda a, b: rows(a, b, "mean"), fullgraph=True)
+    torch.testing.assert_close(torch.autograd.grad(compiled_mean(x, w), (x, w)),
+                               tuple(g / x.shape[0] for g in direct))
 
 
 def test_kernel_errors_name_the_argument(ops):
     x, w, y = he_inputs(4, 3, 5)
-    with pytest.raises(RuntimeError, match="target"):
+    with pytest.raises(ValueError, match=r"target holds label 3, expected labels in \[0, 3\)"):
         ops.he_ce_forward(x, w, torch.tensor([0, 1, 2, 3]), 15.0, 0.2, 0.0, True, True)
     with pytest.raises(RuntimeError, match="weight"):
         ops.he_ce_forward(x, w[:, :4], y, 15.0, 0.2, 0.0, True, True)
