@@ -1,10 +1,14 @@
-"""Turn a pytest-benchmark JSON file into Markdown tables of ratios against the reference.
+"""Turn pytest-benchmark JSON files into Markdown tables of ratios against the reference.
 
-    python benchmarks/report.py bench.json
+    python benchmarks/report.py bench.json                 # one run: full tables
+    python benchmarks/report.py run1.json run2.json ...    # several runs: tables of the first,
+                                                           # then each ratio's range over all
 
-For each group (op, shape, dtype, device) prints every backend's median time, its spread
-(IQR) and its speed-up over the eager reference measured in the same run; throughput where
-the benchmark recorded the bytes it moves (GB/s) or the images it processes (img/s).
+For each group (op, shape, dtype, device) prints every backend's median and minimum time, its
+spread (IQR) and its speed-up over the eager reference measured in the same run, as the ratio
+of medians and of minimums (the minimum is the steadier figure on a shared, noisy machine);
+throughput (at the median) where the benchmark recorded the bytes it moves (GB/s) or the images
+it processes (img/s).
 """
 import json
 import sys
@@ -19,28 +23,61 @@ def _throughput(info: dict, seconds: float) -> str:
     return "-"
 
 
-def tables(path: str) -> str:
+def _load(path: str):
+    """(run data, {group: {backend: benchmark}})."""
     with open(path) as handle:
         data = json.load(handle)
     groups = defaultdict(dict)
     for bench in data["benchmarks"]:
         groups[bench["group"]][bench["extra_info"]["backend"]] = bench
+    return data, groups
+
+
+def tables(path: str) -> str:
+    data, groups = _load(path)
     machine = data.get("machine_info", {})
     lines = [f"Machine: {machine.get('cpu', {}).get('brand_raw', machine.get('processor', '?'))}, "
              f"python {machine.get('python_version', '?')}, run {data.get('datetime', '?')}", ""]
     for group in sorted(groups):
         rows = groups[group]
         reference = rows.get("reference")
-        lines += [f"### {group}", "", "| backend | median ms | IQR ms | vs reference | throughput |",
-                  "|---|---|---|---|---|"]
+        lines += [f"### {group}", "",
+                  "| backend | median ms | min ms | IQR ms | vs reference (median) | "
+                  "vs reference (min) | throughput |",
+                  "|---|---|---|---|---|---|---|"]
         for backend, bench in sorted(rows.items(), key=lambda kv: kv[1]["stats"]["median"]):
             stats = bench["stats"]
-            ratio = f"{reference['stats']['median'] / stats['median']:.2f}x" if reference else "-"
-            lines.append(f"| {backend} | {stats['median'] * 1e3:.3f} | {stats['iqr'] * 1e3:.3f} "
-                         f"| {ratio} | {_throughput(bench['extra_info'], stats['median'])} |")
+            ratios = [f"{reference['stats'][key] / stats[key]:.2f}x" if reference else "-"
+                      for key in ("median", "min")]
+            lines.append(f"| {backend} | {stats['median'] * 1e3:.3f} | {stats['min'] * 1e3:.3f} "
+                         f"| {stats['iqr'] * 1e3:.3f} | {ratios[0]} | {ratios[1]} "
+                         f"| {_throughput(bench['extra_info'], stats['median'])} |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def spread(paths) -> str:
+    """Each backend's speed-up over the reference (ratio of medians) in every run: lowest,
+    median and highest over the runs."""
+    ratios = defaultdict(list)
+    for path in paths:
+        _, groups = _load(path)
+        for group, rows in groups.items():
+            reference = rows.get("reference")
+            for backend, bench in rows.items():
+                if reference and backend != "reference":
+                    ratios[group, backend].append(
+                        reference["stats"]["median"] / bench["stats"]["median"])
+    lines = [f"### Speed-up over the reference across {len(paths)} runs (ratio of medians)", "",
+             "| group | backend | lowest | median | highest |", "|---|---|---|---|---|"]
+    for (group, backend), values in sorted(ratios.items()):
+        values.sort()
+        lines.append(f"| {group} | {backend} | {values[0]:.2f}x | "
+                     f"{values[len(values) // 2]:.2f}x | {values[-1]:.2f}x |")
     return "\n".join(lines)
 
 
 if __name__ == "__main__":
     print(tables(sys.argv[1]))
+    if len(sys.argv) > 2:
+        print(spread(sys.argv[1:]))

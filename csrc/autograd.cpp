@@ -1,17 +1,16 @@
-// Autograd for the HE cross-entropy ops of heat_fast_C (CPU and CUDA alike):
-//  - he_ce_forward: the loss rows are differentiable w.r.t. features and weight; grad_cos and
-//    the norms are outputs without gradient;
-//  - he_cross_entropy: the same loss reduced ("none", "mean" or "sum") inside the op, so a
-//    training step records one autograd node instead of two.
-// Both backward through heat_fast_C::he_ce_backward, and both can be called straight from
-// Python with no Python autograd wrapper, whose dispatch costs more than the kernels at small
-// sizes. he_cross_entropy also has a CompositeExplicitAutograd kernel (forward and reduce),
-// used where no gradient is recorded.
+// heat_fast_C::he_cross_entropy (CPU and CUDA alike): the HE loss reduced ("none", "mean" or
+// "sum") inside the op, with its autograd in C++, so that it can be called straight from
+// Python with one dispatcher call and one autograd node per step (a Python autograd wrapper
+// costs more than the kernels at small sizes). Forward runs the kernel op he_ce_forward and
+// reduces; backward runs he_ce_backward. Where no gradient is recorded the
+// CompositeExplicitAutograd kernel does the same without saving anything. The kernel ops
+// themselves are not differentiable.
 #include <ATen/core/Reduction.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/div.h>
 #include <ATen/ops/mean.h>
 #include <ATen/ops/sum.h>
+#include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -52,32 +51,34 @@ at::Tensor reduce(const at::Tensor& loss_rows, int64_t reduction) {
   return reduction == at::Reduction::Sum ? at::sum(loss_rows) : loss_rows;
 }
 
-// The loss rows' gradient (B,) from the gradient of the reduced loss.
+// The loss rows' gradient (B,) from the gradient of the reduced loss; for "mean" and "sum"
+// a stride-0 view of one value (the kernels read grad_rows through its stride).
 at::Tensor loss_rows_grad(const at::Tensor& grad, int64_t reduction, int64_t batch) {
   if (reduction == at::Reduction::None) {
-    return grad.contiguous();
+    return grad;
   }
-  const at::Tensor per_row = reduction == at::Reduction::Mean ? at::div(grad, static_cast<double>(batch)) : grad;
-  return per_row.expand({batch}).contiguous();
+  const at::Tensor per_row =
+      reduction == at::Reduction::Mean ? at::div(grad, static_cast<double>(batch)) : grad;
+  return per_row.expand({batch});
+}
+
+// The options backward needs, in one saved value: reduction, feature_norm, weight_norm.
+int64_t pack(int64_t reduction, bool feature_norm, bool weight_norm) {
+  return reduction * 4 + (feature_norm ? 2 : 0) + (weight_norm ? 1 : 0);
 }
 
 class HeCrossEntropy : public torch::autograd::Function<HeCrossEntropy> {
  public:
-  // Returns {the reduced loss, grad_cos, feature_norms, weight_norms}.
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& features,
-                               const at::Tensor& weight, const at::Tensor& target, double scale,
-                               double margin, double label_smoothing, bool feature_norm,
-                               bool weight_norm, int64_t reduction) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& features,
+                            const at::Tensor& weight, const at::Tensor& target, double scale,
+                            double margin, double label_smoothing, bool feature_norm,
+                            bool weight_norm, int64_t reduction) {
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
     auto [loss, grad_cos, feature_norms, weight_norms] = call_forward(
         features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm);
     ctx->save_for_backward({features, weight, grad_cos, feature_norms, weight_norms});
-    ctx->saved_data["feature_norm"] = feature_norm;
-    ctx->saved_data["weight_norm"] = weight_norm;
-    ctx->saved_data["reduction"] = reduction;
-    ctx->mark_non_differentiable({grad_cos, feature_norms, weight_norms});
-    ctx->set_materialize_grads(false);  // grads of those outputs stay undefined, not zeros
-    return {reduce(loss, reduction), grad_cos, feature_norms, weight_norms};
+    ctx->saved_data["options"] = pack(reduction, feature_norm, weight_norm);
+    return reduce(loss, reduction);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -87,27 +88,17 @@ class HeCrossEntropy : public torch::autograd::Function<HeCrossEntropy> {
     const variable_list saved = ctx->get_saved_variables();
     const at::Tensor& grad_cos = saved[2];
     const int64_t batch = grad_cos.size(0);
+    const int64_t options = ctx->saved_data["options"].toInt();
     const at::Tensor grad_rows =
         grads[0].defined()
-            ? loss_rows_grad(grads[0].to(grad_cos.scalar_type()),
-                             ctx->saved_data["reduction"].toInt(), batch)
+            ? loss_rows_grad(grads[0].to(grad_cos.scalar_type()), options / 4, batch)
             : at::zeros({batch}, grad_cos.options());
-    auto [d_features, d_weight] =
-        op.call(grad_rows, saved[0], saved[1], grad_cos, saved[3], saved[4],
-                ctx->saved_data["feature_norm"].toBool(), ctx->saved_data["weight_norm"].toBool());
+    auto [d_features, d_weight] = op.call(grad_rows, saved[0], saved[1], grad_cos, saved[3],
+                                          saved[4], (options & 2) != 0, (options & 1) != 0);
     return {d_features, d_weight, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward_autograd(
-    const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target,
-    double scale, double margin, double label_smoothing, bool feature_norm, bool weight_norm) {
-  const variable_list out =
-      HeCrossEntropy::apply(features, weight, target, scale, margin, label_smoothing,
-                            feature_norm, weight_norm, at::Reduction::None);
-  return {out[0], out[1], out[2], out[3]};
-}
 
 at::Tensor he_cross_entropy_autograd(const at::Tensor& features, const at::Tensor& weight,
                                      const at::Tensor& target, double scale, double margin,
@@ -115,7 +106,7 @@ at::Tensor he_cross_entropy_autograd(const at::Tensor& features, const at::Tenso
                                      int64_t reduction) {
   check_reduction(reduction);
   return HeCrossEntropy::apply(features, weight, target, scale, margin, label_smoothing,
-                               feature_norm, weight_norm, reduction)[0];
+                               feature_norm, weight_norm, reduction);
 }
 
 at::Tensor he_cross_entropy(const at::Tensor& features, const at::Tensor& weight,
@@ -131,7 +122,6 @@ at::Tensor he_cross_entropy(const at::Tensor& features, const at::Tensor& weight
 }  // namespace
 
 TORCH_LIBRARY_IMPL(heat_fast_C, Autograd, m) {
-  m.impl("he_ce_forward", &he_ce_forward_autograd);
   m.impl("he_cross_entropy", &he_cross_entropy_autograd);
 }
 

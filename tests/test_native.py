@@ -62,13 +62,13 @@ def budgets(batch, eps=0.05, alpha=0.01):
 def test_opcheck_he_ops(ops, dtype, options):
     smoothing, feature_norm, weight_norm = options
     x, w, y = he_inputs(5, 7, 9, dtype, seed=1)
-    args = (x.requires_grad_(True), w.requires_grad_(True), y, 15.0, 0.2, smoothing,
-            feature_norm, weight_norm)
-    torch.library.opcheck(ops.he_ce_forward.default, args)
+    args = (x, w, y, 15.0, 0.2, smoothing, feature_norm, weight_norm)
+    torch.library.opcheck(ops.he_ce_forward.default, args)  # a kernel op: not differentiable
     for reduction in native.REDUCTIONS.values():
-        torch.library.opcheck(ops.he_cross_entropy.default, (*args, reduction))
-    x, w = x.detach(), w.detach()
-    _, grad_cos, x_norms, w_norms = ops.he_ce_forward(x, w, *args[2:])
+        torch.library.opcheck(ops.he_cross_entropy.default,
+                              (x.clone().requires_grad_(True), w.clone().requires_grad_(True),
+                               *args[2:], reduction))
+    _, grad_cos, x_norms, w_norms = ops.he_ce_forward(*args)
     grad_rows = torch.linspace(0.5, 1.5, 5, dtype=dtype)
     torch.library.opcheck(ops.he_ce_backward.default,
                           (grad_rows, x, w, grad_cos, x_norms, w_norms, feature_norm, weight_norm))
