@@ -273,8 +273,8 @@ def test_gradcheck(ops, batch, classes, dim, options):
     assert torch.autograd.gradcheck(loss, (x, w))
 
 
-@pytest.mark.parametrize("batch,classes,dim",
-                         [(1, 2, 1), (1, 2, 3), (17, 1000, 33), (128, 10, 640)])
+@pytest.mark.parametrize("batch,classes,dim",  # the last one is a "large product" (tasks.h)
+                         [(1, 2, 1), (1, 2, 3), (17, 1000, 33), (128, 10, 640), (300, 1000, 64)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_matches_reference_error(ops, dtype, batch, classes, dim):
     """Both paths compute in float32 from the same rounded inputs, so native's error against

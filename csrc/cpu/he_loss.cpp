@@ -88,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
       kernels.row_norms(w.const_data_ptr<acc_t>(), classes, dim, rows_of<acc_t>(weight_norms, 0));
     }
     const acc_t* w_data = w.const_data_ptr<acc_t>();
-    const Blocks rows(batch);
+    const Blocks rows = Blocks::halves(batch);
     run_tasks(rows.count, [&](int64_t block) {
       const int64_t first = rows.begin(block);
       const int64_t count = rows.length(block);
@@ -141,8 +141,9 @@ std::tuple<at::Tensor, at::Tensor> he_ce_backward(
   at::Tensor d_weight = at::empty_like(w);
   with_kernels(acc, [&](auto acc_tag, auto kernels) {
     using acc_t = decltype(acc_tag);
-    const Blocks rows(batch);
-    const Blocks class_rows(classes);
+    const int64_t macs = batch * classes * dim;
+    const Blocks rows = Blocks::for_product(batch, macs);
+    const Blocks class_rows = Blocks::for_product(classes, macs);
     run_tasks(rows.count + class_rows.count, [&](int64_t task) {
       if (task < rows.count) {
         const int64_t first = rows.begin(task);
