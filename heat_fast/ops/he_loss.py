@@ -20,7 +20,8 @@ They are wrapped as the torch custom ops ``heat_fast::he_ce_forward`` and
 backend name as their last argument. The native backend has its own dispatcher op
 ``heat_fast_C::he_cross_entropy``, the reduced loss with its autograd in C++, which
 :func:`he_cross_entropy` calls directly, skipping this Python layer and the separate
-reduction (about 0.3 ms a call on CPU). The reference backend is plain torch autograd.
+reduction (fwd+bwd of B128 D640 C10 on a 2-core CPU: 0.21 instead of 0.40 ms). The
+reference backend is plain torch autograd.
 """
 from __future__ import annotations
 
