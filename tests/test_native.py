@@ -261,7 +261,8 @@ def test_results_do_not_depend_on_thread_count(ops):
     dict(scale=8.0, margin=0.3, feature_norm=False),
     dict(scale=8.0, margin=0.3, weight_norm=False),
 ])
-@pytest.mark.parametrize("batch,classes,dim", [(1, 2, 3), (3, 5, 7)])
+@pytest.mark.parametrize("batch,classes,dim",  # D = 37: whole vectors and a tail (small_gemm.h)
+                         [(1, 2, 3), (3, 5, 7), (6, 5, 37)])
 def test_gradcheck(ops, batch, classes, dim, options):
     x, w, y = he_inputs(batch, classes, dim, torch.float64, seed=4)
     x.requires_grad_(True)
