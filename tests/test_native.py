@@ -5,6 +5,9 @@ The suites in test_he_loss.py and test_pgd.py also run over the native backend; 
 covers what is specific to it. Tests that need the extension skip when it is unavailable,
 or fail when CI names "native" in HEAT_FAST_TEST_REQUIRE.
 """
+import os
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -397,3 +400,55 @@ def test_random_init_is_a_function_of_the_seed(ops, norm):
     assert (size <= eps * (1 + 1e-6)).all()
     if norm == "linf":
         assert (size > 0.95 * eps).all()
+
+
+# ---- instruction-set variants --------------------------------------------------------------
+
+_VARIANT_SCRIPT = """
+import sys
+import torch
+import heat_fast as hf
+sys.path.insert(0, {tests!r})
+from test_native import SHAPES_BY_ISA, budgets, he_inputs, image_batch, loss_and_grads
+results = {{"he": [], "pgd": []}}
+for batch, classes, dim in SHAPES_BY_ISA:
+    x, w, y = he_inputs(batch, classes, dim, seed=dim)
+    for dtype in (torch.float32, torch.float64):
+        results["he"].append(loss_and_grads(x.to(dtype), w.to(dtype), y, "native", scale=15.0, margin=0.2))
+x_adv, grad, x_nat = image_batch((3, 3, 17, 19), seed=2)
+eps, alpha = budgets(3)
+for norm in ("linf", "l2"):
+    results["pgd"].append(hf.pgd_step(x_adv, grad, x_nat, eps, alpha, norm=norm, backend="native"))
+torch.save(results, {path!r})
+"""
+
+# Odd sizes: whole vectors, tiles and their remainders, tails shorter than a vector.
+SHAPES_BY_ISA = [(1, 2, 1), (7, 10, 33), (17, 1000, 33), (9, 13, 131), (128, 10, 640)]
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2"])
+def test_narrower_instruction_sets(ops, isa, tmp_path):
+    """Each CPU kernel variant, capped by HEAT_FAST_CPU_ISA in a fresh process (a machine runs
+    only its widest one by default): the HE loss within the error bound of the float32/64
+    reference, the projected step bit-identical to this process's (its variants round alike)."""
+    path = tmp_path / "results.pt"
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, HEAT_FAST_CPU_ISA=isa)
+    script = _VARIANT_SCRIPT.format(tests=tests, path=str(path))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    results = torch.load(path)
+    he_results = iter(results["he"])
+    for batch, classes, dim in SHAPES_BY_ISA:
+        x, w, y = he_inputs(batch, classes, dim, seed=dim)
+        truth = loss_and_grads(x.double(), w.double(), y, "reference", scale=15.0, margin=0.2)
+        for dtype in (torch.float32, torch.float64):
+            ref = loss_and_grads(x.to(dtype), w.to(dtype), y, "reference", scale=15.0, margin=0.2)
+            for name, f, r, t in zip(("loss", "d_features", "d_weight"), next(he_results), ref, truth):
+                floor = 64 * UNIT_ROUNDOFF[dtype] * 15.0 if name == "loss" else None
+                assert_error_ratio(f, r, t, floor=floor,
+                                   what=f"{isa} {name} {dtype} B{batch} C{classes} D{dim}")
+    x_adv, grad, x_nat = image_batch((3, 3, 17, 19), seed=2)
+    eps, alpha = budgets(3)
+    for norm, stepped in zip(("linf", "l2"), results["pgd"]):
+        here = hf.pgd_step(x_adv, grad, x_nat, eps, alpha, norm=norm, backend="native")
+        assert torch.equal(stepped, here), f"{isa} pgd_step {norm} differs from this process's"

@@ -1,5 +1,8 @@
-// The instruction-set variants of small_gemm_kernels.inc and the run-time choice among them.
+// The instruction-set variants of small_gemm_kernels.inc and the run-time choice among them
+// (isa.h).
 #include "small_gemm.h"
+
+#include "isa.h"
 
 #include <algorithm>
 #include <array>
@@ -23,9 +26,7 @@ namespace vec128 {
 }  // namespace vec128
 #undef HEAT_FAST_VECTOR_BYTES
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HEAT_FAST_WIDE_VECTORS 1
-
+#ifdef HEAT_FAST_AVX2_KERNELS
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define HEAT_FAST_VECTOR_BYTES 32
@@ -54,35 +55,15 @@ namespace vec512 {
 #pragma GCC pop_options
 #endif
 
-enum class VectorWidth { k128, k256, k512 };
-
-VectorWidth widest_vectors() {
-#ifdef HEAT_FAST_WIDE_VECTORS
-  static const VectorWidth width = [] {
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma")) {
-      return VectorWidth::k512;
-    }
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      return VectorWidth::k256;
-    }
-    return VectorWidth::k128;
-  }();
-  return width;
-#else
-  return VectorWidth::k128;
-#endif
-}
-
 }  // namespace
 
 template <typename T>
 void small_dots(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t ldo,
                 int64_t rows, int64_t cols, int64_t inner) {
-  switch (widest_vectors()) {
-#ifdef HEAT_FAST_WIDE_VECTORS
-    case VectorWidth::k512: return vec512::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
-    case VectorWidth::k256: return vec256::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
+  switch (cpu_isa()) {
+#ifdef HEAT_FAST_AVX2_KERNELS
+    case Isa::kAvx512: return vec512::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
+    case Isa::kAvx2: return vec256::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
 #endif
     default: return vec128::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
   }
@@ -91,11 +72,11 @@ void small_dots(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_
 template <typename T>
 void small_axpys(const T* a, int64_t a_row, int64_t a_inner, const T* b, int64_t ldb, T* out,
                  int64_t ldo, int64_t rows, int64_t cols, int64_t inner) {
-  switch (widest_vectors()) {
-#ifdef HEAT_FAST_WIDE_VECTORS
-    case VectorWidth::k512:
+  switch (cpu_isa()) {
+#ifdef HEAT_FAST_AVX2_KERNELS
+    case Isa::kAvx512:
       return vec512::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner);
-    case VectorWidth::k256:
+    case Isa::kAvx2:
       return vec256::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner);
 #endif
     default: return vec128::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner);
