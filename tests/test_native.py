@@ -231,6 +231,12 @@ def _native_outputs(ops):
         grad_rows = torch.linspace(0.5, 1.5, batch)
         outputs += list(forward)
         outputs += list(ops.he_ce_backward(grad_rows, x, w, *forward[1:], True, True))
+    for batch, classes, dim in [(128, 10, 640), (1000, 7, 65)]:  # one pass (mean): 2 and 8 blocks
+        x, w, y = he_inputs(batch, classes, dim, seed=dim)
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+        loss = hf.he_cross_entropy(x, w, y, backend="native")
+        outputs += [loss.detach(), *torch.autograd.grad(loss, (x, w))]
     x_adv, grad, x_nat = image_batch((4, 3, 128, 128), seed=3)
     eps, alpha = budgets(4)
     for norm in ("linf", "l2"):
@@ -291,6 +297,74 @@ def test_matches_reference_error(ops, dtype, batch, classes, dim):
         # The loss is float32 whatever the input dtype; its floor is float32 rounding of s·cos.
         floor = 64 * UNIT_ROUNDOFF[torch.float32] * 15.0 if name == "loss" else None
         assert_error_ratio(f, r, t, floor=floor, what=f"native {name} {dtype}")
+
+
+# A mean or a sum with gradients on plain CPU tensors runs forward and backward in one pass
+# (csrc/cpu/he_loss.h); up to 16 blocks of rows (B <= 2048 here), larger batches run the two ops.
+ONE_PASS_SHAPES = [(1, 2, 1), (7, 10, 33), (128, 10, 640), (1000, 10, 40), (2100, 3, 8)]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("batch,classes,dim", ONE_PASS_SHAPES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reduced_loss_matches_reference_error(ops, dtype, batch, classes, dim, reduction):
+    x, w, y = he_inputs(batch, classes, dim, dtype, seed=batch)
+    results = {}
+    for name, backend, inputs in (("truth", "reference", (x.double(), w.double())),
+                                  ("ref", "reference", (x, w)), ("fast", "native", (x, w))):
+        a, b = (t.detach().clone().requires_grad_(True) for t in inputs)
+        loss = hf.he_cross_entropy(a, b, y, reduction=reduction, backend=backend)
+        loss.backward()  # an incoming gradient of exactly 1: the saved gradients as they are
+        results[name] = (loss.detach(), a.grad, b.grad)
+    for i, what in enumerate(("loss", "d_features", "d_weight")):
+        floor = 64 * UNIT_ROUNDOFF[torch.float32] * 15.0 * batch if what == "loss" else None
+        assert_error_ratio(results["fast"][i], results["ref"][i], results["truth"][i], floor=floor,
+                           what=f"native {reduction} {what} {dtype} B{batch} C{classes} D{dim}")
+
+
+@pytest.mark.parametrize("batch", [128, 1000])
+def test_one_pass_gradients_equal_the_two_ops(ops, batch):
+    """The one pass forms d_features exactly as the backward op does (same factor, same product
+    per row); d_weight sums the row blocks' shares, so it only rounds differently."""
+    x, w, y = he_inputs(batch, 10, 40, seed=11)
+    grads = {}
+    for path in ("one pass", "two ops"):
+        a, b = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+        if path == "one pass":
+            loss = hf.he_cross_entropy(a, b, y, backend="native")
+        else:  # per-row losses: the forward op, then the backward op with grad_rows = 1/B
+            loss = hf.he_cross_entropy(a, b, y, reduction="none", backend="native").mean()
+        grads[path] = (loss.detach(), *torch.autograd.grad(loss, (a, b)))
+    (l1, f1, w1), (l2, f2, w2) = grads["one pass"], grads["two ops"]
+    assert torch.allclose(l1, l2, rtol=1e-6, atol=0)
+    assert torch.equal(f1, f2)
+    assert torch.allclose(w1, w2, rtol=1e-5, atol=1e-7 * w2.abs().max().item())
+
+
+def test_one_pass_forms_only_the_gradients_asked_for(ops):
+    x, w, y = he_inputs(64, 10, 40, seed=12)
+    features = x.clone().requires_grad_(True)
+    loss = hf.he_cross_entropy(features, w, y, reduction="sum", backend="native")
+    (d_features,) = torch.autograd.grad(2.5 * loss, (features,))  # an incoming gradient of 2.5
+    a, b = x.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    loss = hf.he_cross_entropy(a, b, y, reduction="sum", backend="native")
+    expected, _ = torch.autograd.grad(2.5 * loss, (a, b))
+    assert torch.equal(d_features, expected)
+    with torch.no_grad():
+        plain = hf.he_cross_entropy(features, w, y, reduction="sum", backend="native")
+    assert plain.grad_fn is None and torch.equal(plain, loss.detach())
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_gradcheck_one_pass(ops, reduction):
+    x, w, y = he_inputs(6, 5, 37, torch.float64, seed=13)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+
+    def loss(a, b):
+        return hf.he_cross_entropy(a, b, y, 8.0, 0.3, reduction, 0.1, backend="native")
+
+    assert torch.autograd.gradcheck(loss, (x, w))
 
 
 def confident_inputs(batch, classes, dim, seed=6):

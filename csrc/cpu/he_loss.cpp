@@ -2,7 +2,8 @@
 //
 // Forward: per block of rows, one GEMM for the raw dot products and one pass per row that turns
 // them into cosines, margin logits, the loss and dloss/dcos. Backward: two GEMMs (G ⊘ ‖w‖) W
-// and (G ⊘ ‖x‖)ᵀ X by blocks, each followed by the normalization backward of its rows. Math
+// and (G ⊘ ‖x‖)ᵀ X by blocks, each followed by the normalization backward of its rows. For a
+// mean or sum over a small head both run in one pass (he_loss.h). Math
 // runs in float32 (float64 for float64 inputs); results do not depend on the thread count
 // (tasks.h). The row loops live in he_loss_kernels.inc (compiled per instruction set, isa.h).
 #include <ATen/Parallel.h>
@@ -25,6 +26,7 @@
 
 #include "../checks.h"
 #include "blas.h"
+#include "he_loss.h"
 #include "isa.h"
 #include "tasks.h"
 
@@ -43,6 +45,9 @@ namespace {
 
 // Up to this many classes the forward product runs as W Xᵀ.
 constexpr int64_t kFewClasses = 64;
+// he_ce_forward_backward keeps one C × D share of d_weight per block of rows, for at most
+// this many blocks.
+constexpr int64_t kMaxFusedBlocks = 16;
 
 // Calls f(acc_t{}, kernels) with acc_t the C++ type of `acc` (float or double) and kernels
 // a Kernels object of he_loss_kernels.inc compiled for this CPU.
@@ -63,118 +68,154 @@ acc_t* rows_of(const at::Tensor& t, int64_t first) {
   return t.mutable_data_ptr<acc_t>() + first * (t.dim() > 1 ? t.size(1) : 1);
 }
 
-// Forward: per block of batch rows (tasks.h), the feature norms, the block's dots (one GEMM)
-// and one pass per row that turns them into cosines, margin logits, the loss and dloss/dcos.
-// The weight norms come first (parallel over rows when there are many).
+// The head's inputs in the math dtype (contiguous) and the forward's outputs (see the contract
+// in heat_fast.ops.he_loss): what the block steps below read and write.
+struct Head {
+  Head(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target,
+       bool feature_norm, bool weight_norm)
+      : x(features.to(math_dtype(features)).contiguous()),
+        w(weight.to(x.scalar_type()).contiguous()),
+        labels(target.defined() ? target.contiguous() : target),
+        batch(x.size(0)),
+        classes(w.size(0)),
+        dim(x.size(1)),
+        feature_norm(feature_norm),
+        weight_norm(weight_norm) {}
+
+  // Allocates the forward's outputs.
+  void allocate_forward() {
+    grad_cos = at::empty({batch, classes}, x.options());
+    loss = at::empty({batch}, x.options());
+    feature_norms = feature_norm ? at::empty({batch}, x.options()) : at::ones({batch}, x.options());
+    weight_norms = weight_norm ? at::empty({classes}, x.options()) : at::ones({classes}, x.options());
+  }
+
+  at::Tensor x, w, labels;
+  int64_t batch, classes, dim;
+  bool feature_norm, weight_norm;
+  at::Tensor grad_cos, loss, feature_norms, weight_norms;
+};
+
+// The forward of the rows [first, first + count): their norms, their dots (one GEMM) and one
+// pass per row that turns them into cosines, margin logits, the loss and dloss/dcos.
+template <typename acc_t, typename K>
+void forward_rows(K kernels, const Head& h, const LossOptions& options, int64_t first,
+                  int64_t count) {
+  if (h.feature_norm) {
+    kernels.row_norms(rows_of<acc_t>(h.x, first), count, h.dim,
+                      rows_of<acc_t>(h.feature_norms, first));
+  }
+  // BLAS forms the products of few classes faster as W Xᵀ (measured: 17 vs 25 µs for
+  // 64 × 640 × 10), read transposed by ce_rows; the register-tiled kernels and BLAS with
+  // many classes write X Wᵀ straight into grad_cos.
+  const acc_t* x_rows = rows_of<acc_t>(h.x, first);
+  const acc_t* w_data = h.w.const_data_ptr<acc_t>();
+  const bool transposed = h.classes <= kFewClasses && !small_product(count, h.classes, h.dim);
+  std::vector<acc_t> buffer(transposed ? h.classes * count : 0);
+  acc_t* dots = transposed ? buffer.data() : rows_of<acc_t>(h.grad_cos, first);
+  if (transposed) {
+    matmul<acc_t>({w_data, h.dim}, {x_rows, h.dim, true}, dots, count, h.classes, count, h.dim);
+  } else {
+    matmul<acc_t>({x_rows, h.dim}, {w_data, h.dim, true}, dots, h.classes, count, h.classes,
+                  h.dim);
+  }
+  kernels.ce_rows(dots, transposed ? 1 : h.classes, transposed ? count : 1,
+                  rows_of<acc_t>(h.grad_cos, first), h.labels.const_data_ptr<int64_t>() + first,
+                  rows_of<acc_t>(h.feature_norms, first), h.weight_norms.const_data_ptr<acc_t>(),
+                  count, h.classes, options, rows_of<acc_t>(h.loss, first));
+}
+
+// d_features of the rows [first, first + count) = (G ⊘ ‖w‖) W followed by the normalization
+// backward, with G = grad_rows[:, None] · grad_cos (grad_rows[b] at grad_rows + b · stride).
+template <typename acc_t, typename K>
+void feature_grad_rows(K kernels, const Head& h, const acc_t* grad_rows, int64_t stride,
+                       int64_t first, int64_t count, const at::Tensor& d_features) {
+  std::vector<acc_t> factor(count * h.classes);
+  kernels.feature_factor(grad_rows + first * stride, stride, rows_of<acc_t>(h.grad_cos, first),
+                         h.weight_norms.const_data_ptr<acc_t>(), count, h.classes, h.weight_norm,
+                         factor.data());
+  matmul<acc_t>({factor.data(), h.classes}, {h.w.const_data_ptr<acc_t>(), h.dim},
+                rows_of<acc_t>(d_features, first), h.dim, count, h.dim, h.classes);
+  if (h.feature_norm) {
+    kernels.normalize_backward(rows_of<acc_t>(d_features, first), rows_of<acc_t>(h.x, first),
+                               rows_of<acc_t>(h.feature_norms, first), count, h.dim);
+  }
+}
+
+// out (class_count × D) = (G ⊘ ‖x‖)ᵀ X restricted to the classes [class_first, +class_count)
+// and the batch rows [row_first, +row_count): the gradient w.r.t. the normalized weight rows
+// (before their normalization backward), or the rows' share of it.
+template <typename acc_t, typename K>
+void weight_grad_part(K kernels, const Head& h, const acc_t* grad_rows, int64_t stride,
+                      int64_t row_first, int64_t row_count, int64_t class_first,
+                      int64_t class_count, acc_t* out) {
+  std::vector<acc_t> factor(class_count * row_count);
+  kernels.weight_factor(grad_rows + row_first * stride, stride, rows_of<acc_t>(h.grad_cos, row_first),
+                        rows_of<acc_t>(h.feature_norms, row_first), row_count, h.classes,
+                        class_first, class_count, h.feature_norm, factor.data());
+  matmul<acc_t>({factor.data(), row_count}, {rows_of<acc_t>(h.x, row_first), h.dim}, out, h.dim,
+                class_count, h.dim, row_count);
+}
+
+// Forward: the weight norms, then the blocks of batch rows (tasks.h) in parallel.
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
     const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target,
     double scale, double margin, double label_smoothing, bool feature_norm, bool weight_norm) {
   check_he_forward(features, weight, target);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::ScalarType acc = math_dtype(features);
-  const at::Tensor x = features.to(acc).contiguous();
-  const at::Tensor w = weight.to(acc).contiguous();
-  const at::Tensor labels = target.contiguous();
-  const int64_t batch = x.size(0);
-  const int64_t classes = w.size(0);
-  const int64_t dim = x.size(1);
-  at::Tensor grad_cos = at::empty({batch, classes}, x.options());
-  at::Tensor loss = at::empty({batch}, x.options());
-  at::Tensor feature_norms = feature_norm ? at::empty({batch}, x.options())
-                                          : at::ones({batch}, x.options());
-  at::Tensor weight_norms = weight_norm ? at::empty({classes}, x.options())
-                                        : at::ones({classes}, x.options());
+  Head h(features, weight, target, feature_norm, weight_norm);
+  h.allocate_forward();
   const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};
-  with_kernels(acc, [&](auto acc_tag, auto kernels) {
+  with_kernels(h.x.scalar_type(), [&](auto acc_tag, auto kernels) {
     using acc_t = decltype(acc_tag);
     if (weight_norm) {
-      kernels.row_norms(w.const_data_ptr<acc_t>(), classes, dim, rows_of<acc_t>(weight_norms, 0));
+      kernels.row_norms(h.w.const_data_ptr<acc_t>(), h.classes, h.dim,
+                        rows_of<acc_t>(h.weight_norms, 0));
     }
-    const acc_t* w_data = w.const_data_ptr<acc_t>();
-    const Blocks rows = Blocks::halves(batch);
+    const Blocks rows = Blocks::halves(h.batch);
     run_tasks(rows.count, [&](int64_t block) {
-      const int64_t first = rows.begin(block);
-      const int64_t count = rows.length(block);
-      if (feature_norm) {
-        kernels.row_norms(rows_of<acc_t>(x, first), count, dim,
-                          rows_of<acc_t>(feature_norms, first));
-      }
-      // BLAS forms the products of few classes faster as W Xᵀ (measured: 17 vs 25 µs for
-      // 64 × 640 × 10), read transposed by ce_rows; the register-tiled kernels and BLAS with
-      // many classes write X Wᵀ straight into grad_cos.
-      const acc_t* x_rows = rows_of<acc_t>(x, first);
-      const bool transposed = classes <= kFewClasses && !small_product(count, classes, dim);
-      std::vector<acc_t> buffer(transposed ? classes * count : 0);
-      acc_t* dots = transposed ? buffer.data() : rows_of<acc_t>(grad_cos, first);
-      if (transposed) {
-        matmul<acc_t>({w_data, dim}, {x_rows, dim, true}, dots, count, classes, count, dim);
-      } else {
-        matmul<acc_t>({x_rows, dim}, {w_data, dim, true}, dots, classes, count, classes, dim);
-      }
-      kernels.ce_rows(dots, transposed ? 1 : classes,
-                      transposed ? count : 1, rows_of<acc_t>(grad_cos, first),
-                      labels.const_data_ptr<int64_t>() + first,
-                      rows_of<acc_t>(feature_norms, first), weight_norms.const_data_ptr<acc_t>(),
-                      count, classes, options, rows_of<acc_t>(loss, first));
+      forward_rows<acc_t>(kernels, h, options, rows.begin(block), rows.length(block));
     });
   });
-  return {loss, grad_cos, feature_norms, weight_norms};
+  return {h.loss, h.grad_cos, h.feature_norms, h.weight_norms};
 }
 
-// Backward: d_features = (G ⊘ ‖w‖) W by blocks of batch rows and d_weight = (G ⊘ ‖x‖)ᵀ X by
-// blocks of classes, all blocks one pool of tasks; each block's GEMM is followed by its
-// normalization backward.
+// Backward: d_features by blocks of batch rows and d_weight by blocks of classes, all blocks
+// one pool of tasks; each block's GEMM is followed by its normalization backward.
 std::tuple<at::Tensor, at::Tensor> he_ce_backward(
     const at::Tensor& grad_rows, const at::Tensor& features, const at::Tensor& weight,
     const at::Tensor& grad_cos, const at::Tensor& feature_norms, const at::Tensor& weight_norms,
     bool feature_norm, bool weight_norm) {
   check_he_backward(grad_rows, features, weight, grad_cos, feature_norms, weight_norms);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const at::ScalarType acc = math_dtype(features);
-  const at::Tensor x = features.to(acc).contiguous();
-  const at::Tensor w = weight.to(acc).contiguous();
+  Head h(features, weight, at::Tensor(), feature_norm, weight_norm);
+  const at::ScalarType acc = h.x.scalar_type();
+  h.grad_cos = grad_cos.to(acc).contiguous();
+  h.feature_norms = feature_norms.to(acc).contiguous();
+  h.weight_norms = weight_norms.to(acc).contiguous();
   const at::Tensor g_rows = grad_rows.to(acc);  // any stride: "mean" passes one value, stride 0
-  const int64_t g_stride = g_rows.stride(0);
-  const at::Tensor g_cos = grad_cos.to(acc).contiguous();
-  const at::Tensor x_norms = feature_norms.to(acc).contiguous();
-  const at::Tensor w_norms = weight_norms.to(acc).contiguous();
-  const int64_t batch = x.size(0);
-  const int64_t classes = w.size(0);
-  const int64_t dim = x.size(1);
-  at::Tensor d_features = at::empty_like(x);
-  at::Tensor d_weight = at::empty_like(w);
+  at::Tensor d_features = at::empty_like(h.x);
+  at::Tensor d_weight = at::empty_like(h.w);
   with_kernels(acc, [&](auto acc_tag, auto kernels) {
     using acc_t = decltype(acc_tag);
-    const int64_t macs = batch * classes * dim;
-    const Blocks rows = Blocks::for_product(batch, macs);
-    const Blocks class_rows = Blocks::for_product(classes, macs);
+    const acc_t* g = g_rows.const_data_ptr<acc_t>();
+    const int64_t stride = g_rows.stride(0);
+    const int64_t macs = h.batch * h.classes * h.dim;
+    const Blocks rows = Blocks::for_product(h.batch, macs);
+    const Blocks class_rows = Blocks::for_product(h.classes, macs);
     run_tasks(rows.count + class_rows.count, [&](int64_t task) {
       if (task < rows.count) {
-        const int64_t first = rows.begin(task);
-        const int64_t count = rows.length(task);
-        std::vector<acc_t> factor(count * classes);
-        kernels.feature_factor(g_rows.const_data_ptr<acc_t>() + first * g_stride, g_stride,
-                               rows_of<acc_t>(g_cos, first), w_norms.const_data_ptr<acc_t>(),
-                               count, classes, weight_norm, factor.data());
-        matmul<acc_t>({factor.data(), classes}, {w.const_data_ptr<acc_t>(), dim},
-                      rows_of<acc_t>(d_features, first), dim, count, dim, classes);
-        if (feature_norm) {
-          kernels.normalize_backward(rows_of<acc_t>(d_features, first), rows_of<acc_t>(x, first),
-                                     rows_of<acc_t>(x_norms, first), count, dim);
-        }
+        feature_grad_rows<acc_t>(kernels, h, g, stride, rows.begin(task), rows.length(task),
+                                 d_features);
         return;
       }
       const int64_t first = class_rows.begin(task - rows.count);
       const int64_t count = class_rows.length(task - rows.count);
-      std::vector<acc_t> factor(count * batch);
-      kernels.weight_factor(g_rows.const_data_ptr<acc_t>(), g_stride, g_cos.const_data_ptr<acc_t>(),
-                            x_norms.const_data_ptr<acc_t>(), batch, classes, first, count,
-                            feature_norm, factor.data());
-      matmul<acc_t>({factor.data(), batch}, {x.const_data_ptr<acc_t>(), dim},
-                    rows_of<acc_t>(d_weight, first), dim, count, dim, batch);
+      weight_grad_part<acc_t>(kernels, h, g, stride, 0, h.batch, first, count,
+                              rows_of<acc_t>(d_weight, first));
       if (weight_norm) {
-        kernels.normalize_backward(rows_of<acc_t>(d_weight, first), rows_of<acc_t>(w, first),
-                                   rows_of<acc_t>(w_norms, first), count, dim);
+        kernels.normalize_backward(rows_of<acc_t>(d_weight, first), rows_of<acc_t>(h.w, first),
+                                   rows_of<acc_t>(h.weight_norms, first), count, h.dim);
       }
     });
   });
@@ -182,6 +223,67 @@ std::tuple<at::Tensor, at::Tensor> he_ce_backward(
 }
 
 }  // namespace
+
+bool fits_forward_backward(const at::Tensor& features, const at::Tensor& weight) {
+  const int64_t batch = features.size(0);
+  const Blocks rows = Blocks::halves(batch);
+  return rows.count <= kMaxFusedBlocks &&
+         small_product(rows.size, weight.size(0), features.size(1));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> he_ce_forward_backward(
+    const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target,
+    double scale, double margin, double label_smoothing, bool feature_norm, bool weight_norm,
+    double row_grad, bool features_grad, bool weight_grad) {
+  check_he_forward(features, weight, target);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  Head h(features, weight, target, feature_norm, weight_norm);
+  h.allocate_forward();
+  const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};
+  at::Tensor d_features = features_grad ? at::empty_like(h.x) : at::Tensor();
+  at::Tensor d_weight = weight_grad ? at::empty_like(h.w) : at::Tensor();
+  with_kernels(h.x.scalar_type(), [&](auto acc_tag, auto kernels) {
+    using acc_t = decltype(acc_tag);
+    if (weight_norm) {
+      kernels.row_norms(h.w.const_data_ptr<acc_t>(), h.classes, h.dim,
+                        rows_of<acc_t>(h.weight_norms, 0));
+    }
+    const acc_t g = static_cast<acc_t>(row_grad);  // every row's dloss/dloss_row, stride 0
+    const Blocks rows = Blocks::halves(h.batch);
+    const int64_t part = h.classes * h.dim;
+    std::vector<acc_t> parts(weight_grad ? rows.count * part : 0);
+    run_tasks(rows.count, [&](int64_t block) {
+      const int64_t first = rows.begin(block);
+      const int64_t count = rows.length(block);
+      forward_rows<acc_t>(kernels, h, options, first, count);
+      if (features_grad) {
+        feature_grad_rows<acc_t>(kernels, h, &g, 0, first, count, d_features);
+      }
+      if (weight_grad) {
+        weight_grad_part<acc_t>(kernels, h, &g, 0, first, count, 0, h.classes,
+                                parts.data() + block * part);
+      }
+    });
+    if (weight_grad) {  // the blocks' shares summed in block order, then normalized
+      acc_t* out = d_weight.mutable_data_ptr<acc_t>();
+      std::copy(parts.begin(), parts.begin() + part, out);
+      for (int64_t block = 1; block < rows.count; ++block) {
+        const acc_t* share = parts.data() + block * part;
+        for (int64_t i = 0; i < part; ++i) {
+          out[i] += share[i];
+        }
+      }
+      if (weight_norm) {
+        kernels.normalize_backward(out, h.w.const_data_ptr<acc_t>(),
+                                   h.weight_norms.const_data_ptr<acc_t>(), h.classes, h.dim);
+      }
+    }
+  });
+  const auto in_dtype = [](const at::Tensor& grad, const at::Tensor& like) {
+    return grad.defined() ? grad.to(like.scalar_type()) : grad;
+  };
+  return {h.loss, in_dtype(d_features, features), in_dtype(d_weight, weight)};
+}
 
 TORCH_LIBRARY_IMPL(heat_fast_C, CPU, m) {
   m.impl("he_ce_forward", &he_ce_forward);
