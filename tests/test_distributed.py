@@ -9,6 +9,7 @@ Crafting starts at x (``start="none"``), so the attack draws no random numbers; 
 example's adversarial image then depends on that example alone and the DDP step (mean of
 the ranks' mean losses over equal halves) equals the full-batch step up to float rounding.
 """
+import faulthandler
 import json
 import os
 import random
@@ -30,6 +31,7 @@ from heat_fast.training.distributed import TIMEOUT_VAR, rank_seed, setup
 
 WORLD = 2
 WORKER_DEADLINE_S = 300
+STUCK_WORKER_S = 90
 BATCH, STEPS = 32, 2
 # name -> (framework, he, BN-free model, attack start)
 CASES = {
@@ -131,6 +133,9 @@ def _cli_runs(rank: int, ports, out) -> None:
 
 
 def _worker(rank: int, ports, out) -> None:
+    # A worker still running this late is stuck (a run takes ~15 s): its threads' stacks go to
+    # the captured stderr, so a rendezvous timeout in the other rank comes with the reason.
+    faulthandler.dump_traceback_later(STUCK_WORKER_S)
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))

@@ -488,7 +488,8 @@ results = {{"he": [], "pgd": []}}
 for batch, classes, dim in SHAPES_BY_ISA:
     x, w, y = he_inputs(batch, classes, dim, seed=dim)
     for dtype in (torch.float32, torch.float64):
-        results["he"].append(loss_and_grads(x.to(dtype), w.to(dtype), y, "native", scale=15.0, margin=0.2))
+        results["he"].append(loss_and_grads(x.to(dtype), w.to(dtype), y, "native",
+                                            scale=15.0, margin=0.2))
 x_adv, grad, x_nat = image_batch((3, 3, 17, 19), seed=2)
 eps, alpha = budgets(3)
 for norm in ("linf", "l2"):
@@ -517,7 +518,8 @@ def test_narrower_instruction_sets(ops, isa, tmp_path):
         truth = loss_and_grads(x.double(), w.double(), y, "reference", scale=15.0, margin=0.2)
         for dtype in (torch.float32, torch.float64):
             ref = loss_and_grads(x.to(dtype), w.to(dtype), y, "reference", scale=15.0, margin=0.2)
-            for name, f, r, t in zip(("loss", "d_features", "d_weight"), next(he_results), ref, truth):
+            fast = next(he_results)
+            for name, f, r, t in zip(("loss", "d_features", "d_weight"), fast, ref, truth):
                 floor = 64 * UNIT_ROUNDOFF[dtype] * 15.0 if name == "loss" else None
                 assert_error_ratio(f, r, t, floor=floor,
                                    what=f"{isa} {name} {dtype} B{batch} C{classes} D{dim}")

@@ -86,8 +86,11 @@ struct Head {
   void allocate_forward() {
     grad_cos = at::empty({batch, classes}, x.options());
     loss = at::empty({batch}, x.options());
-    feature_norms = feature_norm ? at::empty({batch}, x.options()) : at::ones({batch}, x.options());
-    weight_norms = weight_norm ? at::empty({classes}, x.options()) : at::ones({classes}, x.options());
+    const auto norms = [&](bool computed, int64_t count) {
+      return computed ? at::empty({count}, x.options()) : at::ones({count}, x.options());
+    };
+    feature_norms = norms(feature_norm, batch);
+    weight_norms = norms(weight_norm, classes);
   }
 
   at::Tensor x, w, labels;
@@ -150,7 +153,8 @@ void weight_grad_part(K kernels, const Head& h, const acc_t* grad_rows, int64_t 
                       int64_t row_first, int64_t row_count, int64_t class_first,
                       int64_t class_count, acc_t* out) {
   std::vector<acc_t> factor(class_count * row_count);
-  kernels.weight_factor(grad_rows + row_first * stride, stride, rows_of<acc_t>(h.grad_cos, row_first),
+  kernels.weight_factor(grad_rows + row_first * stride, stride,
+                        rows_of<acc_t>(h.grad_cos, row_first),
                         rows_of<acc_t>(h.feature_norms, row_first), row_count, h.classes,
                         class_first, class_count, h.feature_norm, factor.data());
   matmul<acc_t>({factor.data(), row_count}, {rows_of<acc_t>(h.x, row_first), h.dim}, out, h.dim,
