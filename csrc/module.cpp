@@ -13,6 +13,8 @@
 
 #include <string>
 
+#include "cpu/isa.h"
+
 TORCH_LIBRARY(heat_fast_C, m) {
   m.def(
       "he_ce_forward(Tensor features, Tensor weight, Tensor target, float scale, float margin, "
@@ -57,10 +59,21 @@ pybind11::dict build_info() {
   return info;
 }
 
+const char* cpu_isa() {
+  switch (heat_fast::cpu::cpu_isa()) {
+    case heat_fast::cpu::Isa::kAvx512: return "avx512";
+    case heat_fast::cpu::Isa::kAvx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "heat_fast native kernels: importing registers torch.ops.heat_fast_C.*";
   m.def("build_info", &build_info,
         "Versions this module was compiled against: torch, cuda (or None), compiler, with_cuda.");
+  m.def("cpu_isa", &cpu_isa,
+        "The instruction set the CPU kernels run: avx512, avx2 (with FMA) or baseline, the "
+        "widest this CPU has capped by HEAT_FAST_CPU_ISA.");
 }

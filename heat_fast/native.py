@@ -140,6 +140,19 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
     return None
 
 
+def cpu_isa() -> Optional[str]:
+    """The instruction set the native CPU kernels run ("avx512", "avx2" with FMA, or
+    "baseline"): the widest this CPU has, capped by HEAT_FAST_CPU_ISA; None when the
+    extension is not loaded. Raises ValueError for an unknown HEAT_FAST_CPU_ISA."""
+    module = _load()[0]
+    if module is None:
+        return None
+    try:
+        return module.cpu_isa()
+    except RuntimeError as error:  # the C++ check's message, without its C++ context
+        raise ValueError(str(error).splitlines()[0]) from None
+
+
 @torch.compiler.assume_constant_result
 def _load_failure() -> Optional[str]:
     """Loads the extension; None on success, else why not (a constant under torch.compile)."""

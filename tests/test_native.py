@@ -134,6 +134,15 @@ def test_kernel_errors_name_the_argument(ops):
 # ---- build metadata and availability --------------------------------------------------------
 
 
+def test_cpu_isa_names_the_variant_and_rejects_unknown_caps(ops):
+    assert native.cpu_isa() in ("baseline", "avx2", "avx512")
+    script = "import heat_fast.native as n; n.cpu_isa()"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=dict(os.environ, HEAT_FAST_CPU_ISA="sse9"), timeout=120)
+    assert done.returncode != 0
+    assert "HEAT_FAST_CPU_ISA must be baseline, avx2 or avx512, got 'sse9'" in done.stderr
+
+
 def test_build_info(ops):
     info = native.BUILD_INFO
     for key in ("torch", "cuda", "compiler", "with_cuda"):
@@ -482,6 +491,7 @@ _VARIANT_SCRIPT = """
 import sys
 import torch
 import heat_fast as hf
+from heat_fast import native
 sys.path.insert(0, {tests!r})
 from test_native import SHAPES_BY_ISA, budgets, he_inputs, image_batch, loss_and_grads
 results = {{"he": [], "pgd": []}}
@@ -494,6 +504,7 @@ x_adv, grad, x_nat = image_batch((3, 3, 17, 19), seed=2)
 eps, alpha = budgets(3)
 for norm in ("linf", "l2"):
     results["pgd"].append(hf.pgd_step(x_adv, grad, x_nat, eps, alpha, norm=norm, backend="native"))
+results["isa"] = native.cpu_isa()
 torch.save(results, {path!r})
 """
 
@@ -512,6 +523,8 @@ def test_narrower_instruction_sets(ops, isa, tmp_path):
     script = _VARIANT_SCRIPT.format(tests=tests, path=str(path))
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
     results = torch.load(path)
+    widths = ["baseline", "avx2", "avx512"]
+    assert results["isa"] == widths[min(widths.index(isa), widths.index(native.cpu_isa()))]
     he_results = iter(results["he"])
     for batch, classes, dim in SHAPES_BY_ISA:
         x, w, y = he_inputs(batch, classes, dim, seed=dim)

@@ -23,6 +23,13 @@ def _triton_version() -> str:
     return triton.__version__
 
 
+def _cpu_isa() -> str:
+    try:
+        return native.cpu_isa() or "not loaded"
+    except ValueError as error:
+        return str(error)
+
+
 def report() -> str:
     """A human-readable report of versions, build metadata and backend support."""
     lines = [
@@ -34,6 +41,8 @@ def report() -> str:
         f"{dispatch.ENV_VAR}={os.environ.get(dispatch.ENV_VAR, '')!s}",
         "native build: " + (", ".join(f"{k}={v}" for k, v in native.BUILD_INFO.items())
                             if native.BUILD_INFO else "not built"),
+        f"native CPU kernels: {_cpu_isa()}  "
+        f"HEAT_FAST_CPU_ISA={os.environ.get('HEAT_FAST_CPU_ISA', '')!s}",
         "",
         "backend support (ok, or why not):",
     ]
