@@ -10,6 +10,7 @@ example's adversarial image then depends on that example alone and the DDP step 
 the ranks' mean losses over equal halves) equals the full-batch step up to float rounding.
 """
 import faulthandler
+import gc
 import json
 import os
 import random
@@ -22,6 +23,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from heat_fast.data import TensorLoader, load_dataset
 from heat_fast.models import build_model
@@ -132,11 +134,27 @@ def _cli_runs(rank: int, ports, out) -> None:
         assert main(argv) == 0, (rank, argv)
 
 
+def _record_teardowns(out, rank: int) -> None:
+    """Make every ``destroy_process_group`` append to ``out/teardown{rank}.json`` how many
+    DDP models were alive then: one alive would free the gloo group later, in its reducer's
+    destructor under the GIL, which can deadlock with gloo's threads at exit."""
+    destroy = torch.distributed.destroy_process_group
+
+    def recording_destroy(*args, **kwargs):
+        alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+        with open(out / f"teardown{rank}.json", "a") as f:
+            f.write(json.dumps(alive) + "\n")
+        return destroy(*args, **kwargs)
+
+    torch.distributed.destroy_process_group = recording_destroy
+
+
 def _worker(rank: int, ports, out) -> None:
     # A worker still running this late is stuck (a run takes ~15 s): its threads' stacks go to
     # the captured stderr, so a rendezvous timeout in the other rank comes with the reason.
     faulthandler.dump_traceback_later(STUCK_WORKER_S)
     torch.set_num_threads(1)
+    _record_teardowns(out, rank)
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(ports[0]))
     ctx = setup("cpu")
@@ -172,6 +190,13 @@ def test_parameters_and_buffers_are_identical_across_ranks(spawned):
         for key, value in rank0[name]["state"].items():
             assert torch.equal(value, rank1[name]["state"][key]), (name, key)
         assert rank0[name]["stats"]["steps"] == STEPS
+
+
+def test_ddp_models_are_freed_before_the_process_group(spawned):
+    out, _ = spawned
+    for rank in range(WORLD):
+        alive = [json.loads(line) for line in (out / f"teardown{rank}.json").read_text().split()]
+        assert alive == [0] * 4, rank  # in-process cases, then three CLI runs
 
 
 def test_only_the_training_forward_goes_through_ddp(spawned):

@@ -9,6 +9,7 @@ plain model the attack runs on, so PGD steps trigger neither buffer broadcasts n
 """
 from __future__ import annotations
 
+import gc
 import inspect
 import os
 from dataclasses import dataclass
@@ -79,8 +80,16 @@ class Distributed:
         dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group (idempotent)."""
+        """Leave the process group (idempotent). Drop every :class:`DistributedModel` first.
+
+        Unreachable DDP wrappers are collected before the group goes: a DDP reducer freed
+        after it would drop the last reference to the gloo group while holding the GIL, and
+        the group's destructor then joins worker threads that may need the GIL to free the
+        last collective's tensors (a deadlock at exit). Freed from Python by
+        ``destroy_process_group``, the group's destructor runs without the GIL.
+        """
         if dist.is_initialized():
+            gc.collect()
             dist.destroy_process_group()
 
 

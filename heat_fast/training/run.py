@@ -90,8 +90,7 @@ class TrainingRun:
 
     def close(self) -> None:
         """Leave the process group, if any."""
-        if self.distributed is not None:
-            self.distributed.close()
+        self.trainer.leave_process_group()
 
     def _rank_states(self) -> Optional[List[dict]]:
         """Each rank's own trainer and RNG state, gathered on rank 0 (None elsewhere)."""

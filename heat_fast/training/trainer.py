@@ -73,6 +73,14 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.train_model = model if distributed is None else distributed.wrap(model, sync_bn)
 
+    def leave_process_group(self) -> None:
+        """Unwrap :attr:`train_model` and leave the process group (idempotent; no-op when not
+        distributed); call it when done training."""
+        if self.distributed is None:
+            return
+        self.train_model = self.model
+        self.distributed.close()
+
     def _prepare(self, x: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
         x = x.to(self.device, non_blocking=True).float()
         y = y.to(self.device, non_blocking=True).long()
