@@ -3,7 +3,8 @@
 // Forward: per block of rows, one GEMM for the raw dot products and one pass per row that turns
 // them into cosines, margin logits, the loss and dloss/dcos. Backward: two GEMMs (G ⊘ ‖w‖) W
 // and (G ⊘ ‖x‖)ᵀ X by blocks, each followed by the normalization backward of its rows. For a
-// mean or sum over a small head both run in one pass (he_loss.h). Math
+// mean or sum over a small head both run in one pass (he_loss.h), which also folds the
+// features' normalization backward into their product (fused_feature_grad_rows). Math
 // runs in float32 (float64 for float64 inputs); results do not depend on the thread count
 // (tasks.h). The row loops live in he_loss_kernels.inc (compiled per instruction set, isa.h).
 #include <ATen/Parallel.h>
@@ -100,10 +101,11 @@ struct Head {
 };
 
 // The forward of the rows [first, first + count): their norms, their dots (one GEMM) and one
-// pass per row that turns them into cosines, margin logits, the loss and dloss/dcos.
+// pass per row that turns them into cosines, margin logits, the loss and dloss/dcos (and
+// Σ_j dloss/dcos_j · cos_j into grad_dot_cos[first:], when not null; Kernels::ce_rows).
 template <typename acc_t, typename K>
 void forward_rows(K kernels, const Head& h, const LossOptions& options, int64_t first,
-                  int64_t count) {
+                  int64_t count, acc_t* grad_dot_cos = nullptr) {
   if (h.feature_norm) {
     kernels.row_norms(rows_of<acc_t>(h.x, first), count, h.dim,
                       rows_of<acc_t>(h.feature_norms, first));
@@ -125,7 +127,8 @@ void forward_rows(K kernels, const Head& h, const LossOptions& options, int64_t 
   kernels.ce_rows(dots, transposed ? 1 : h.classes, transposed ? count : 1,
                   rows_of<acc_t>(h.grad_cos, first), h.labels.const_data_ptr<int64_t>() + first,
                   rows_of<acc_t>(h.feature_norms, first), h.weight_norms.const_data_ptr<acc_t>(),
-                  count, h.classes, options, rows_of<acc_t>(h.loss, first));
+                  count, h.classes, options, rows_of<acc_t>(h.loss, first),
+                  grad_dot_cos == nullptr ? nullptr : grad_dot_cos + first);
 }
 
 // d_features of the rows [first, first + count) = (G ⊘ ‖w‖) W followed by the normalization
@@ -143,6 +146,30 @@ void feature_grad_rows(K kernels, const Head& h, const acc_t* grad_rows, int64_t
     kernels.normalize_backward(rows_of<acc_t>(d_features, first), rows_of<acc_t>(h.x, first),
                                rows_of<acc_t>(h.feature_norms, first), count, h.dim);
   }
+}
+
+// The one pass's d_features of the rows [first, first + count), for G = row_grad · grad_cos:
+// the product (G ⊘ ‖w‖) W and the normalization backward in one product,
+// (G ⊘ ‖w‖ ⊘ ‖x‖) W + diag(along) X (Kernels::normalization_terms), so that d_features is
+// written once and X read once. grad_dot_cos as forward_rows wrote it.
+template <typename acc_t, typename K>
+void fused_feature_grad_rows(K kernels, const Head& h, acc_t row_grad, const acc_t* grad_dot_cos,
+                             int64_t first, int64_t count, const at::Tensor& d_features) {
+  std::vector<acc_t> factor(count * h.classes);
+  std::vector<acc_t> inverse(h.feature_norm ? count : 0);
+  std::vector<acc_t> along(inverse.size());
+  ScaledRows<acc_t> term;
+  if (h.feature_norm) {
+    kernels.normalization_terms(row_grad, grad_dot_cos + first,
+                                rows_of<acc_t>(h.feature_norms, first), count, inverse.data(),
+                                along.data());
+    term = {along.data(), rows_of<acc_t>(h.x, first), h.dim};
+  }
+  kernels.feature_factor(&row_grad, 0, rows_of<acc_t>(h.grad_cos, first),
+                         h.weight_norms.const_data_ptr<acc_t>(), count, h.classes, h.weight_norm,
+                         factor.data(), h.feature_norm ? inverse.data() : nullptr);
+  small_axpys<acc_t>(factor.data(), h.classes, 1, h.w.const_data_ptr<acc_t>(), h.dim,
+                     rows_of<acc_t>(d_features, first), h.dim, count, h.dim, h.classes, term);
 }
 
 // out (class_count × D) = (G ⊘ ‖x‖)ᵀ X restricted to the classes [class_first, +class_count)
@@ -256,11 +283,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> he_ce_forward_backward(
     const Blocks rows = Blocks::halves(h.batch);
     const int64_t part = h.classes * h.dim;
     std::vector<acc_t> parts(weight_grad ? rows.count * part : 0);
+    std::vector<acc_t> grad_dot_cos(features_grad && feature_norm && h.dim > 1 ? h.batch : 0);
     run_tasks(rows.count, [&](int64_t block) {
       const int64_t first = rows.begin(block);
       const int64_t count = rows.length(block);
-      forward_rows<acc_t>(kernels, h, options, first, count);
-      if (features_grad) {
+      forward_rows<acc_t>(kernels, h, options, first, count,
+                          grad_dot_cos.empty() ? nullptr : grad_dot_cos.data());
+      if (features_grad && h.dim > 1) {
+        fused_feature_grad_rows<acc_t>(kernels, h, g, grad_dot_cos.data(), first, count,
+                                       d_features);
+      } else if (features_grad) {  // x̂ = ±1: the two steps cancel exactly, the fused form not
         feature_grad_rows<acc_t>(kernels, h, &g, 0, first, count, d_features);
       }
       if (weight_grad) {

@@ -71,15 +71,15 @@ void small_dots(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_
 
 template <typename T>
 void small_axpys(const T* a, int64_t a_row, int64_t a_inner, const T* b, int64_t ldb, T* out,
-                 int64_t ldo, int64_t rows, int64_t cols, int64_t inner) {
+                 int64_t ldo, int64_t rows, int64_t cols, int64_t inner, ScaledRows<T> term) {
   switch (cpu_isa()) {
 #ifdef HEAT_FAST_AVX2_KERNELS
     case Isa::kAvx512:
-      return vec512::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner);
+      return vec512::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner, term);
     case Isa::kAvx2:
-      return vec256::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner);
+      return vec256::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner, term);
 #endif
-    default: return vec128::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner);
+    default: return vec128::axpys(a, a_row, a_inner, b, ldb, out, ldo, rows, cols, inner, term);
   }
 }
 
@@ -88,8 +88,9 @@ template void small_dots<float>(const float*, int64_t, const float*, int64_t, fl
 template void small_dots<double>(const double*, int64_t, const double*, int64_t, double*,
                                  int64_t, int64_t, int64_t, int64_t);
 template void small_axpys<float>(const float*, int64_t, int64_t, const float*, int64_t, float*,
-                                 int64_t, int64_t, int64_t, int64_t);
+                                 int64_t, int64_t, int64_t, int64_t, ScaledRows<float>);
 template void small_axpys<double>(const double*, int64_t, int64_t, const double*, int64_t,
-                                  double*, int64_t, int64_t, int64_t, int64_t);
+                                  double*, int64_t, int64_t, int64_t, int64_t,
+                                  ScaledRows<double>);
 
 }  // namespace heat_fast::cpu

@@ -15,10 +15,25 @@ template <typename T>
 void small_dots(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t ldo,
                 int64_t rows, int64_t cols, int64_t inner);
 
-// out (rows × cols, row stride ldo) = a (rows × inner) · b (inner × cols), with a[r, k] at
-// a + r · a_row + k · a_inner (row-major or transposed) and b row-major (row stride ldb).
+// The rows of a row-major matrix m (row stride ld), row r scaled by scales[r]: a term
+// diag(scales) · m added to a product; none when scales is null.
+template <typename T>
+struct ScaledRows {
+  const T* scales = nullptr;
+  const T* m = nullptr;
+  int64_t ld = 0;
+
+  // The same term for the rows from `row` on and the columns from `col` on.
+  ScaledRows at(int64_t row, int64_t col) const {
+    return scales == nullptr ? *this : ScaledRows{scales + row, m + row * ld + col, ld};
+  }
+};
+
+// out (rows × cols, row stride ldo) = a (rows × inner) · b (inner × cols) + term, with a[r, k]
+// at a + r · a_row + k · a_inner (row-major or transposed) and b row-major (row stride ldb).
 template <typename T>
 void small_axpys(const T* a, int64_t a_row, int64_t a_inner, const T* b, int64_t ldb, T* out,
-                 int64_t ldo, int64_t rows, int64_t cols, int64_t inner);
+                 int64_t ldo, int64_t rows, int64_t cols, int64_t inner,
+                 ScaledRows<T> term = {});
 
 }  // namespace heat_fast::cpu
