@@ -255,14 +255,16 @@ def _native_outputs(ops):
         w.requires_grad_(True)
         loss = hf.he_cross_entropy(x, w, y, backend="native")
         outputs += [loss.detach(), *torch.autograd.grad(loss, (x, w))]
-    x_adv, grad, x_nat = image_batch((4, 3, 128, 128), seed=3)
-    eps, alpha = budgets(4)
-    for norm in ("linf", "l2"):
-        out = torch.empty_like(x_adv)
-        ops.pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0)
-        start = torch.empty_like(x_nat)
-        ops.random_init_(start, x_nat, eps, torch.tensor(11), norm, 0.0, 1.0)
-        outputs += [out, start]
+    # Batch 3: the L2 step takes whole samples per task on 1 thread, parallel chunks on 2.
+    for shape in ((4, 3, 128, 128), (3, 3, 150, 150)):
+        x_adv, grad, x_nat = image_batch(shape, seed=3)
+        eps, alpha = budgets(shape[0])
+        for norm in ("linf", "l2"):
+            out = torch.empty_like(x_adv)
+            ops.pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0)
+            start = torch.empty_like(x_nat)
+            ops.random_init_(start, x_nat, eps, torch.tensor(11), norm, 0.0, 1.0)
+            outputs += [out, start]
     return outputs
 
 
