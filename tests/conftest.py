@@ -28,6 +28,13 @@ def require_backend(name: str, device: torch.device = torch.device("cpu"),
     pytest.skip(f"backend {name!r} unavailable: {reason}")
 
 
+def pytest_configure(config):
+    # torch's inductor imports torch.utils.mkldnn, which warns about its own use of
+    # torch.jit.script_method (torch 2.13): noise from torch, not from heat_fast.
+    config.addinivalue_line(
+        "filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
 @pytest.fixture(params=FAST_BACKENDS)
 def fast_backend(request) -> str:
     require_backend(request.param)
