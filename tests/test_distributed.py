@@ -134,14 +134,37 @@ def _cli_runs(rank: int, ports, out) -> None:
         assert main(argv) == 0, (rank, argv)
 
 
+def _failing_cli_runs(rank: int, ports, out) -> None:
+    """Runs that leave the process group while an exception holds the DDP model in its frames:
+    a resume from a one-process checkpoint (fails after the model is wrapped) and a training
+    step that raises."""
+    from heat_fast.cli.train import main
+    from heat_fast.training.frameworks.base import Framework
+
+    os.environ["MASTER_PORT"] = str(ports[0])
+    assert main(["--resume", "--no-progress", "--out", str(out / "single")]) == 2, rank
+
+    def failing_step(self, model, *args, **kwargs):
+        raise RuntimeError(f"injected failure with {type(model).__name__}")
+
+    os.environ["MASTER_PORT"] = str(ports[1])
+    original, Framework.train_step = Framework.train_step, failing_step
+    try:
+        with pytest.raises(RuntimeError, match="injected failure with DistributedModel"):
+            main([*CLI, "--epochs", "1", "--out", str(out / "failing")])
+    finally:
+        Framework.train_step = original
+
+
 def _record_teardowns(out, rank: int) -> None:
     """Make every ``destroy_process_group`` append to ``out/teardown{rank}.json`` how many
-    DDP models were alive then: one alive would free the gloo group later, in its reducer's
+    DDP reducers were alive then: one alive would free the gloo group later, in the reducer's
     destructor under the GIL, which can deadlock with gloo's threads at exit."""
     destroy = torch.distributed.destroy_process_group
 
     def recording_destroy(*args, **kwargs):
-        alive = sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects())
+        alive = sum(getattr(o, "reducer", None) is not None for o in gc.get_objects()
+                    if isinstance(o, DistributedDataParallel))
         with open(out / f"teardown{rank}.json", "a") as f:
             f.write(json.dumps(alive) + "\n")
         return destroy(*args, **kwargs)
@@ -163,17 +186,22 @@ def _worker(rank: int, ports, out) -> None:
     finally:
         ctx.close()
     torch.save(results, out / f"rank{rank}.pt")
-    _cli_runs(rank, ports[1:], out)
+    _cli_runs(rank, ports[1:4], out)
+    _failing_cli_runs(rank, ports[4:], out)
 
 
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
     os.environ.setdefault(TIMEOUT_VAR, "120")
+    from heat_fast.cli.train import main
+
+    # A one-process checkpoint, which the workers fail to resume (_failing_cli_runs)
+    assert main([*CLI, "--epochs", "1", "--out", str(out / "single")]) == 0
     # fork: the children start with torch and heat_fast imported and drop to one thread
     # first. Spawned children re-importing under pytest stalled here; the deadline below
     # turns any stall into a failure instead of a hung CI.
-    workers = mp.start_processes(_worker, args=(_free_ports(4), out),
+    workers = mp.start_processes(_worker, args=(_free_ports(6), out),
                                  nprocs=WORLD, start_method="fork", join=False)
     deadline = time.monotonic() + WORKER_DEADLINE_S
     while not workers.join(timeout=5):
@@ -192,11 +220,11 @@ def test_parameters_and_buffers_are_identical_across_ranks(spawned):
         assert rank0[name]["stats"]["steps"] == STEPS
 
 
-def test_ddp_models_are_freed_before_the_process_group(spawned):
+def test_ddp_reducers_are_freed_before_the_process_group(spawned):
     out, _ = spawned
     for rank in range(WORLD):
         alive = [json.loads(line) for line in (out / f"teardown{rank}.json").read_text().split()]
-        assert alive == [0] * 4, rank  # in-process cases, then three CLI runs
+        assert alive == [0] * 6, rank  # in-process cases, three CLI runs, two failing ones
 
 
 def test_only_the_training_forward_goes_through_ddp(spawned):

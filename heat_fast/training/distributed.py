@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import inspect
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Dict, List, Optional
 
@@ -48,6 +49,8 @@ class Distributed:
     world_size: int
     local_rank: int
     device: torch.device
+    _wrapped: "weakref.WeakSet[DistributedModel]" = field(
+        default_factory=weakref.WeakSet, repr=False, compare=False)
 
     @property
     def is_main(self) -> bool:
@@ -73,22 +76,29 @@ class Distributed:
                 raise DistributedError("--sync-bn needs CUDA GPUs: torch's SyncBatchNorm "
                                        "does not run on CPU tensors")
             nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        return DistributedModel(model, self.device)
+        wrapped = DistributedModel(model, self.device)
+        self._wrapped.add(wrapped)
+        return wrapped
 
     def barrier(self) -> None:
         """Wait until every rank got here."""
         dist.barrier()
 
     def close(self) -> None:
-        """Leave the process group (idempotent). Drop every :class:`DistributedModel` first.
+        """Leave the process group (idempotent); the models :meth:`wrap` gave cannot train
+        through DDP afterwards.
 
-        Unreachable DDP wrappers are collected before the group goes: a DDP reducer freed
-        after it would drop the last reference to the gloo group while holding the GIL, and
-        the group's destructor then joins worker threads that may need the GIL to free the
-        last collective's tensors (a deadlock at exit). Freed from Python by
-        ``destroy_process_group``, the group's destructor runs without the GIL.
+        DDP reducers go first, while the group is still registered: the reducers of the
+        wrapped models (still referenced, say, by the frames of an exception on its way up)
+        and those of unreachable DDP wrappers. A reducer freed after the group would drop the
+        last reference to the gloo group while holding the GIL, and the group's destructor
+        then joins worker threads that may need the GIL to free the last collective's
+        tensors (a deadlock at exit). Freed from Python by ``destroy_process_group``, the
+        group's destructor runs without the GIL.
         """
         if dist.is_initialized():
+            for wrapped in list(self._wrapped):
+                wrapped.release_reducer()
             gc.collect()
             dist.destroy_process_group()
 
@@ -191,6 +201,13 @@ class DistributedModel(nn.Module):
 
     def features(self, x: Tensor) -> Tensor:
         return self.ddp(x, features=True)
+
+    def release_reducer(self) -> None:
+        """Free DDP's gradient reducer (and the logger that holds it) now; the model cannot
+        train through DDP afterwards (see :meth:`Distributed.close`)."""
+        for name in ("logger", "reducer"):
+            if getattr(self.ddp, name, None) is not None:
+                setattr(self.ddp, name, None)
 
     def sync_buffers(self) -> None:
         """Give every rank rank 0's buffers (BN running statistics), so all ranks craft
