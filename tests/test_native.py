@@ -319,6 +319,19 @@ def test_matches_reference_error(ops, dtype, batch, classes, dim):
         assert_error_ratio(f, r, t, floor=floor, what=f"native {name} {dtype}")
 
 
+@pytest.mark.parametrize("batch,classes,dim",  # small products form the feature norms in the
+                         [(1, 2, 1), (7, 3, 33), (9, 13, 131), (300, 1000, 64)])  # GEMM's pass
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_forward_norms_are_the_row_norms(ops, dtype, batch, classes, dim):
+    """The forward's feature and weight norms: sums of D positive squares, each serial sum at
+    most a few hundred terms long, so within 32 ulps of the float64 norms."""
+    x, w, y = he_inputs(batch, classes, dim, dtype, seed=dim)
+    _, _, x_norms, w_norms = ops.he_ce_forward(x, w, y, 15.0, 0.2, 0.0, True, True)
+    rtol = 32 * UNIT_ROUNDOFF[dtype]
+    torch.testing.assert_close(x_norms.double(), x.double().norm(dim=1), rtol=rtol, atol=0)
+    torch.testing.assert_close(w_norms.double(), w.double().norm(dim=1), rtol=rtol, atol=0)
+
+
 # A mean or a sum with gradients on plain CPU tensors runs forward and backward in one pass
 # (csrc/cpu/he_loss.h); up to 16 blocks of rows (B <= 2048 here), larger batches run the two ops.
 ONE_PASS_SHAPES = [(1, 2, 1), (7, 10, 33), (128, 10, 640), (1000, 10, 40), (2100, 3, 8)]

@@ -1,7 +1,8 @@
 // CPU kernels of the fused HE cosine-margin cross-entropy (heat_fast.ops.he_loss contract).
 //
-// Forward: per block of rows, one GEMM for the raw dot products and one pass per row that turns
-// them into cosines, margin logits, the loss and dloss/dcos. Backward: two GEMMs (G ⊘ ‖w‖) W
+// Forward: per block of rows, one GEMM for the raw dot products (forming the feature norms in
+// the same pass when small) and one pass per row that turns them into cosines, margin logits,
+// the loss and dloss/dcos. Backward: two GEMMs (G ⊘ ‖w‖) W
 // and (G ⊘ ‖x‖)ᵀ X by blocks, each followed by the normalization backward of its rows. For a
 // mean or sum over a small head both run in one pass (he_loss.h), which also folds the
 // features' normalization backward into their product (fused_feature_grad_rows). Math
@@ -106,23 +107,33 @@ struct Head {
 template <typename acc_t, typename K>
 void forward_rows(K kernels, const Head& h, const LossOptions& options, int64_t first,
                   int64_t count, acc_t* grad_dot_cos = nullptr) {
-  if (h.feature_norm) {
-    kernels.row_norms(rows_of<acc_t>(h.x, first), count, h.dim,
-                      rows_of<acc_t>(h.feature_norms, first));
-  }
+  const acc_t* x_rows = rows_of<acc_t>(h.x, first);
+  const acc_t* w_data = h.w.const_data_ptr<acc_t>();
+  acc_t* norms = rows_of<acc_t>(h.feature_norms, first);
+  const bool small = small_product(count, h.classes, h.dim);
   // BLAS forms the products of few classes faster as W Xᵀ (measured: 17 vs 25 µs for
   // 64 × 640 × 10), read transposed by ce_rows; the register-tiled kernels and BLAS with
   // many classes write X Wᵀ straight into grad_cos.
-  const acc_t* x_rows = rows_of<acc_t>(h.x, first);
-  const acc_t* w_data = h.w.const_data_ptr<acc_t>();
-  const bool transposed = h.classes <= kFewClasses && !small_product(count, h.classes, h.dim);
+  const bool transposed = h.classes <= kFewClasses && !small;
   std::vector<acc_t> buffer(transposed ? h.classes * count : 0);
   acc_t* dots = transposed ? buffer.data() : rows_of<acc_t>(h.grad_cos, first);
-  if (transposed) {
-    matmul<acc_t>({w_data, h.dim}, {x_rows, h.dim, true}, dots, count, h.classes, count, h.dim);
+  if (small) {  // the register-tiled product forms the squared feature norms in its pass
+    small_dots(x_rows, h.dim, w_data, h.dim, dots, h.classes, count, h.classes, h.dim,
+               h.feature_norm ? norms : nullptr);
+    for (int64_t r = 0; h.feature_norm && r < count; ++r) {
+      norms[r] = std::sqrt(norms[r]);
+    }
   } else {
-    matmul<acc_t>({x_rows, h.dim}, {w_data, h.dim, true}, dots, h.classes, count, h.classes,
-                  h.dim);
+    if (h.feature_norm) {
+      kernels.row_norms(x_rows, count, h.dim, norms);
+    }
+    if (transposed) {
+      matmul<acc_t>({w_data, h.dim}, {x_rows, h.dim, true}, dots, count, h.classes, count,
+                    h.dim);
+    } else {
+      matmul<acc_t>({x_rows, h.dim}, {w_data, h.dim, true}, dots, h.classes, count, h.classes,
+                    h.dim);
+    }
   }
   kernels.ce_rows(dots, transposed ? 1 : h.classes, transposed ? count : 1,
                   rows_of<acc_t>(h.grad_cos, first), h.labels.const_data_ptr<int64_t>() + first,

@@ -59,13 +59,15 @@ namespace vec512 {
 
 template <typename T>
 void small_dots(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t ldo,
-                int64_t rows, int64_t cols, int64_t inner) {
+                int64_t rows, int64_t cols, int64_t inner, T* row_squares) {
   switch (cpu_isa()) {
 #ifdef HEAT_FAST_AVX2_KERNELS
-    case Isa::kAvx512: return vec512::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
-    case Isa::kAvx2: return vec256::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
+    case Isa::kAvx512:
+      return vec512::dots(a, lda, b, ldb, out, ldo, rows, cols, inner, row_squares);
+    case Isa::kAvx2:
+      return vec256::dots(a, lda, b, ldb, out, ldo, rows, cols, inner, row_squares);
 #endif
-    default: return vec128::dots(a, lda, b, ldb, out, ldo, rows, cols, inner);
+    default: return vec128::dots(a, lda, b, ldb, out, ldo, rows, cols, inner, row_squares);
   }
 }
 
@@ -84,9 +86,9 @@ void small_axpys(const T* a, int64_t a_row, int64_t a_inner, const T* b, int64_t
 }
 
 template void small_dots<float>(const float*, int64_t, const float*, int64_t, float*, int64_t,
-                                int64_t, int64_t, int64_t);
+                                int64_t, int64_t, int64_t, float*);
 template void small_dots<double>(const double*, int64_t, const double*, int64_t, double*,
-                                 int64_t, int64_t, int64_t, int64_t);
+                                 int64_t, int64_t, int64_t, int64_t, double*);
 template void small_axpys<float>(const float*, int64_t, int64_t, const float*, int64_t, float*,
                                  int64_t, int64_t, int64_t, int64_t, ScaledRows<float>);
 template void small_axpys<double>(const double*, int64_t, int64_t, const double*, int64_t,

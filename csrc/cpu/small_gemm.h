@@ -10,10 +10,11 @@
 namespace heat_fast::cpu {
 
 // out (rows × cols, row stride ldo) = a (rows × inner) · bᵀ, with a and b (cols × inner)
-// row-major (row strides lda, ldb).
+// row-major (row strides lda, ldb); when row_squares is not null, also row_squares[r] =
+// Σ_k a[r, k]² (a's squared row norms, in the same pass over a).
 template <typename T>
 void small_dots(const T* a, int64_t lda, const T* b, int64_t ldb, T* out, int64_t ldo,
-                int64_t rows, int64_t cols, int64_t inner);
+                int64_t rows, int64_t cols, int64_t inner, T* row_squares = nullptr);
 
 // The rows of a row-major matrix m (row stride ld), row r scaled by scales[r]: a term
 // diag(scales) · m added to a product; none when scales is null.
