@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Compile-only check of the CUDA sources, for machines without a GPU (CI):
-#  - every csrc/cuda/*.cu with nvcc for $CUDA_ARCH (default sm_90), warnings as errors;
+#  - every csrc/cuda/*.cu with nvcc for $CUDA_ARCH (default sm_90), warnings as errors, and
+#    each kernel's registers, stack frame and spills from ptxas -v (a spill fails the check);
 #  - the tensor glue (csrc/cuda/*.cpp, and csrc/module.cpp as a CUDA build sees it) with the
 #    host compiler against torch's headers, syntax only. A CPU wheel of torch lacks the
 #    generated c10/cuda/impl/cuda_cmake_macros.h; an empty stand-in is supplied then.
@@ -16,10 +17,40 @@ TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
 
 for source in "$ROOT"/csrc/cuda/*.cu; do
-  echo "nvcc -arch=$CUDA_ARCH ${source#"$ROOT"/}"
-  "$NVCC" -std=c++17 -O3 -arch="$CUDA_ARCH" -Werror all-warnings \
-    -c "$source" -o "$TMP/$(basename "$source").o"
+  echo "nvcc -arch=$CUDA_ARCH -Xptxas -v ${source#"$ROOT"/}"
+  "$NVCC" -std=c++17 -O3 -arch="$CUDA_ARCH" -Werror all-warnings -Xptxas -v \
+    -c "$source" -o "$TMP/$(basename "$source").o" 2> "$TMP/$(basename "$source").ptxas" \
+    || { cat "$TMP/$(basename "$source").ptxas" >&2; exit 1; }
 done
+# Registers, stack frame and spills of every kernel (ptxas -v); any spill fails the check.
+"$PYTHON" - "$TMP"/*.ptxas <<'PY'
+import re, subprocess, sys
+entry = re.compile(r"Compiling entry function '([^']+)'")
+frame = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+regs = re.compile(r"Used (\d+) registers")
+rows, spills = [], []
+for path in sys.argv[1:]:
+    name = None
+    for line in open(path, encoding="utf-8"):
+        if m := entry.search(line):
+            name = m.group(1)
+        elif m := frame.search(line):
+            stack, stores, loads = map(int, m.groups())
+        elif (m := regs.search(line)) and name:
+            rows.append((name, int(m.group(1)), stack, stores, loads))
+            name = None
+names = subprocess.run(["c++filt"], input="\n".join(r[0] for r in rows), capture_output=True,
+                       text=True).stdout.splitlines() or [r[0] for r in rows]
+print(f"{'kernel':<72} {'regs':>4} {'stack':>5} {'spill st/ld':>11}")
+for (_, reg, stack, stores, loads), name in zip(rows, names):
+    short = name.replace("heat_fast::cuda::", "").replace("(anonymous namespace)::", "")
+    print(f"{short[:72]:<72} {reg:>4} {stack:>5} {stores:>5}/{loads:<5}")
+    if stores or loads:
+        spills.append(short)
+if spills:
+    sys.exit("ptxas reports spills in: " + "; ".join(spills))
+print(f"{len(rows)} CUDA kernels, no spills")
+PY
 
 # nvcc's own include directory (nvcc may be a wrapper script outside the toolkit).
 : > "$TMP/probe.cu"

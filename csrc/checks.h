@@ -40,7 +40,10 @@ inline void check_he_forward(const at::Tensor& features, const at::Tensor& weigh
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == features.size(1),
               "weight must have shape (C, ", features.size(1), ") to match features, got ",
               weight.sizes());
-  TORCH_CHECK(weight.size(0) >= 1, "weight must have at least one class row");
+  TORCH_CHECK(features.size(0) >= 1 && features.size(1) >= 1,
+              "features must have B >= 1 and D >= 1, got shape ", features.sizes());
+  TORCH_CHECK(weight.size(0) >= 2, "weight must have C >= 2 class rows, got shape ",
+              weight.sizes());
   TORCH_CHECK(target.scalar_type() == at::kLong, "target must be int64, got ",
               target.scalar_type());
   check_shape(target, "target", {features.size(0)});

@@ -167,6 +167,23 @@ def per_sample(name: str, value: Budget, like: torch.Tensor) -> torch.Tensor:
     return torch.full((batch,), float(value), dtype=torch.float32, device=like.device)
 
 
+def check_generator(generator: Optional[torch.Generator], like: torch.Tensor) -> None:
+    """A generator must live on the tensors' device: drawing on another device and copying
+    would synchronise with the host (and breaks CUDA graph capture)."""
+    if generator is None:
+        return
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    device = generator.device
+    if device.type != like.device.type or (device.type == "cuda" and
+                                           device.index != like.device.index):
+        raise ValueError(
+            f"generator is on {device} but x_nat is on {like.device}: pass "
+            f"torch.Generator(device={str(like.device)!r})"
+        )
+
+
 def check_pgd_inputs(x_adv: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor,
                      out: Optional[torch.Tensor] = None) -> None:
     """x_adv, grad, x_nat (and out) share one shape (B, ...) with B >= 1 and one device."""

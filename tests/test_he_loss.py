@@ -191,3 +191,41 @@ def test_bad_inputs_name_the_argument(backend):
             hf.he_cross_entropy(*args, backend=backend, **kwargs)
     with pytest.raises(ValueError, match="target is required"):
         hf.he_logits(x, w, margin=0.2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_triton_split_d_matches_reference(monkeypatch, dtype):
+    """The GPU tile plans split D across programs (partials summed in a fixed order); force
+    the split under the interpreter by asking for more programs than the shape has tiles."""
+    from conftest import require_backend
+    from heat_fast.triton_kernels import common, he_loss
+
+    require_backend("triton")
+    monkeypatch.setattr(common, "target_programs", lambda device: 12)
+    x, w, y = make_inputs(20, 37, 100, dtype, seed=14)
+    assert he_loss.forward_plan(20, 37, 100, torch.float32, False, 12).splits > 1
+    check_against_reference(x, w, y, "triton", scale=30.0, margin=0.3, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "native"])
+def test_autocast_region_keeps_float32_math(backend):
+    """Inside torch.autocast (which wraps the forward pass and the loss, as torch advises)
+    the op's inner products must not drop to bfloat16; its fused backward neither when run
+    inside the region."""
+    from conftest import require_backend
+
+    require_backend(backend)
+    x, w, y = make_inputs(64, 300, 96, seed=15)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    loss = hf.he_cross_entropy(x, w, y, 30.0, 0.2, backend=backend)
+    expected = (loss.detach(), *torch.autograd.grad(loss, (x, w)))
+    with torch.autocast("cpu", torch.bfloat16):
+        loss = hf.he_cross_entropy(x, w, y, 30.0, 0.2, backend=backend)
+        inside = backend != "reference" and torch.autograd.grad(loss, (x, w), retain_graph=True)
+    got = (loss.detach(), *torch.autograd.grad(loss, (x, w)))
+    for name, g, e in zip(("loss", "d_features", "d_weight"), got, expected):
+        assert g.dtype == e.dtype, name
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=f"{backend} {name}")
+    for name, g, e in zip(("d_features", "d_weight"), inside or (), expected[1:]):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=f"{backend} {name} inside")

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "../checks.h"
+#include "../no_autocast.h"
 #include "blas.h"
 #include "he_loss.h"
 #include "isa.h"
@@ -205,6 +206,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
     double scale, double margin, double label_smoothing, bool feature_norm, bool weight_norm) {
   check_he_forward(features, weight, target);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
   Head h(features, weight, target, feature_norm, weight_norm);
   h.allocate_forward();
   const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};
@@ -230,6 +232,7 @@ std::tuple<at::Tensor, at::Tensor> he_ce_backward(
     bool feature_norm, bool weight_norm) {
   check_he_backward(grad_rows, features, weight, grad_cos, feature_norms, weight_norms);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
   Head h(features, weight, at::Tensor(), feature_norm, weight_norm);
   const at::ScalarType acc = h.x.scalar_type();
   h.grad_cos = grad_cos.to(acc).contiguous();
@@ -279,6 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> he_ce_forward_backward(
     double row_grad, bool features_grad, bool weight_grad) {
   check_he_forward(features, weight, target);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
   Head h(features, weight, target, feature_norm, weight_norm);
   h.allocate_forward();
   const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};

@@ -95,6 +95,17 @@ __device__ T block_reduce(T v, Op op, T identity, T* scratch) {
   return scratch[0];
 }
 
+// Calls f(T{}) with the CUDA storage type T of dtype.
+template <typename F>
+void with_type(DType dtype, const F& f) {
+  switch (dtype) {
+    case DType::kFloat32: return f(float{});
+    case DType::kFloat64: return f(double{});
+    case DType::kFloat16: return f(__half{});
+    case DType::kBFloat16: return f(__nv_bfloat16{});
+  }
+}
+
 // Threads per block for a row of n elements (about 4 per thread): a power of two in [32, 1024].
 inline int threads_for(int64_t n) {
   int threads = 32;

@@ -6,7 +6,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
-#include <ATen/ops/ones.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
@@ -15,6 +14,7 @@
 #include <tuple>
 
 #include "../checks.h"
+#include "../no_autocast.h"
 #include "launch.h"
 
 namespace heat_fast::cuda {
@@ -39,15 +39,20 @@ cudaStream_t current_stream() {
   return c10::cuda::getCurrentCUDAStream().stream();
 }
 
-at::Tensor norms_or_ones(const at::Tensor& x, bool enabled) {
-  if (!enabled) {
-    return at::ones({x.size(0)}, x.options());
-  }
-  at::Tensor norms = at::empty({x.size(0)}, x.options());
-  check_launch(row_norms(x.const_data_ptr(), x.size(0), x.size(1), dtype_of(x.scalar_type()),
-                         norms.mutable_data_ptr(), current_stream()),
-               "he_ce_forward");
-  return norms;
+// Whether the inputs go to the GEMMs as stored: one 16-bit dtype (bf16/fp16 tensor cores,
+// float32 accumulation). Otherwise both are copied to the math dtype.
+bool sixteen_bit_pair(const at::Tensor& features, const at::Tensor& weight) {
+  const at::ScalarType t = features.scalar_type();
+  return (t == at::kHalf || t == at::kBFloat16) && weight.scalar_type() == t;
+}
+
+at::Tensor gemm_input(const at::Tensor& t, bool as_stored, at::ScalarType acc) {
+  return as_stored ? t.contiguous() : t.to(acc).contiguous();
+}
+
+// a · b with float32 output for 16-bit operands (cuBLAS accumulates in float32).
+at::Tensor product(const at::Tensor& a, const at::Tensor& b, bool sixteen_bit) {
+  return sixteen_bit ? at::mm(a, b, at::kFloat) : at::mm(a, b);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
@@ -55,15 +60,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
     double scale, double margin, double label_smoothing, bool feature_norm, bool weight_norm) {
   check_he_forward(features, weight, target);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(features.device());
   const at::ScalarType acc = math_dtype(features);
-  const at::Tensor x = features.to(acc).contiguous();
-  const at::Tensor w = weight.to(acc).contiguous();
+  const bool sixteen_bit = sixteen_bit_pair(features, weight);
+  const at::Tensor x = gemm_input(features, sixteen_bit, acc);
+  const at::Tensor w = gemm_input(weight, sixteen_bit, acc);
   const at::Tensor labels = target.contiguous();
-  at::Tensor dots = at::mm(x, w.t());  // becomes grad_cos
-  at::Tensor feature_norms = norms_or_ones(x, feature_norm);
-  at::Tensor weight_norms = norms_or_ones(w, weight_norm);
-  at::Tensor loss = at::empty({x.size(0)}, x.options());
+  at::Tensor dots = product(x, w.t(), sixteen_bit);  // becomes grad_cos
+  const auto stats = dots.options();
+  at::Tensor feature_norms = at::empty({x.size(0)}, stats);
+  at::Tensor weight_norms = at::empty({w.size(0)}, stats);
+  check_launch(row_norms(x.const_data_ptr(), x.size(0), feature_norm, w.const_data_ptr(),
+                         w.size(0), weight_norm, x.size(1), dtype_of(x.scalar_type()),
+                         feature_norms.mutable_data_ptr(), weight_norms.mutable_data_ptr(),
+                         current_stream()),
+               "he_ce_forward");
+  at::Tensor loss = at::empty({x.size(0)}, stats);
   const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};
   check_launch(ce_rows(dots.mutable_data_ptr(), labels.const_data_ptr<int64_t>(),
                        feature_norms.const_data_ptr(), weight_norms.const_data_ptr(),
@@ -73,42 +86,62 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
   return {loss, dots, feature_norms, weight_norms};
 }
 
+// Backward: the GEMM operands P and Q (launch.h), the products P·W and Qᵀ·x (each as a high
+// and a low part for 16-bit inputs), then one pass that sums the parts, scales the rows and
+// applies the normalization backward, storing each gradient in its input's dtype.
 std::tuple<at::Tensor, at::Tensor> he_ce_backward(
     const at::Tensor& grad_rows, const at::Tensor& features, const at::Tensor& weight,
     const at::Tensor& grad_cos, const at::Tensor& feature_norms, const at::Tensor& weight_norms,
     bool feature_norm, bool weight_norm) {
   check_he_backward(grad_rows, features, weight, grad_cos, feature_norms, weight_norms);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(features.device());
   const at::ScalarType acc = math_dtype(features);
-  const at::Tensor x = features.to(acc).contiguous();
-  const at::Tensor w = weight.to(acc).contiguous();
+  const bool sixteen_bit = sixteen_bit_pair(features, weight);
+  const at::Tensor x = gemm_input(features, sixteen_bit, acc);
+  const at::Tensor w = gemm_input(weight, sixteen_bit, acc);
   const at::Tensor g_rows = grad_rows.to(acc).contiguous();
   const at::Tensor g_cos = grad_cos.to(acc).contiguous();
   const at::Tensor x_norms = feature_norms.to(acc).contiguous();
   const at::Tensor w_norms = weight_norms.to(acc).contiguous();
-  at::Tensor gw = at::empty_like(g_cos);
-  at::Tensor gx = at::empty_like(g_cos);
-  check_launch(scaled_grads(g_rows.const_data_ptr(), g_cos.const_data_ptr(),
-                            x_norms.const_data_ptr(), w_norms.const_data_ptr(), g_cos.size(0),
-                            g_cos.size(1), feature_norm, weight_norm, dtype_of(acc),
-                            gw.mutable_data_ptr(), gx.mutable_data_ptr(), current_stream()),
+  const int64_t batch = g_cos.size(0);
+  const int64_t classes = g_cos.size(1);
+  const at::ScalarType operand = sixteen_bit ? x.scalar_type() : acc;
+  const auto operands = g_cos.options().dtype(operand);
+  const auto part = [&] { return at::empty({batch, classes}, operands); };
+  at::Tensor p_hi = part(), q_hi = part();
+  at::Tensor p_lo = sixteen_bit ? part() : at::Tensor();
+  at::Tensor q_lo = sixteen_bit ? part() : at::Tensor();
+  at::Tensor scales =
+      operand == at::kHalf ? at::empty({2}, g_cos.options().dtype(at::kFloat)) : at::Tensor();
+  const auto ptr = [](at::Tensor& t) { return t.defined() ? t.mutable_data_ptr() : nullptr; };
+  float* scale_ptr = scales.defined() ? scales.mutable_data_ptr<float>() : nullptr;
+  const GradOperands args{g_rows.const_data_ptr(), g_cos.const_data_ptr(),
+                          x_norms.const_data_ptr(), w_norms.const_data_ptr(), batch, classes,
+                          dtype_of(acc), dtype_of(operand), ptr(p_hi), ptr(p_lo), ptr(q_hi),
+                          ptr(q_lo), scale_ptr};
+  check_launch(grad_operands(args, current_stream()), "he_ce_backward");
+  at::Tensor gx_hi = product(p_hi, w, sixteen_bit);
+  at::Tensor gw_hi = product(q_hi.t(), x, sixteen_bit);
+  at::Tensor gx_lo = sixteen_bit ? product(p_lo, w, true) : at::Tensor();
+  at::Tensor gw_lo = sixteen_bit ? product(q_lo.t(), x, true) : at::Tensor();
+  at::Tensor d_features = at::empty(features.sizes(), features.options());
+  at::Tensor d_weight = at::empty(weight.sizes(), weight.options());
+  const GradSide feature_side{gx_hi.const_data_ptr(), ptr(gx_lo), g_rows.const_data_ptr(),
+                              scale_ptr, x.const_data_ptr(), dtype_of(x.scalar_type()),
+                              x_norms.const_data_ptr(), feature_norm,
+                              d_features.mutable_data_ptr(),
+                              dtype_of(d_features.scalar_type()), batch};
+  const GradSide weight_side{gw_hi.const_data_ptr(), ptr(gw_lo), nullptr,
+                             scale_ptr ? scale_ptr + 1 : nullptr, w.const_data_ptr(),
+                             dtype_of(w.scalar_type()), w_norms.const_data_ptr(), weight_norm,
+                             d_weight.mutable_data_ptr(), dtype_of(d_weight.scalar_type()),
+                             classes};
+  check_launch(finalize_grads(feature_side, weight_side, x.size(1), dtype_of(acc),
+                              1.0 / split_lo_scale(dtype_of(operand)), current_stream()),
                "he_ce_backward");
-  at::Tensor d_features = at::mm(gw, w);
-  at::Tensor d_weight = at::mm(gx.t(), x);
-  if (feature_norm) {
-    check_launch(normalize_backward(d_features.mutable_data_ptr(), x.const_data_ptr(),
-                                    x_norms.const_data_ptr(), x.size(0), x.size(1),
-                                    dtype_of(acc), current_stream()),
-                 "he_ce_backward");
-  }
-  if (weight_norm) {
-    check_launch(normalize_backward(d_weight.mutable_data_ptr(), w.const_data_ptr(),
-                                    w_norms.const_data_ptr(), w.size(0), w.size(1),
-                                    dtype_of(acc), current_stream()),
-                 "he_ce_backward");
-  }
-  return {d_features.to(features.scalar_type()), d_weight.to(weight.scalar_type())};
+  return {d_features, d_weight};
 }
 
 at::Tensor l2_workspace(const at::Tensor& like) {

@@ -262,17 +262,6 @@ __global__ void random_l2_write_kernel(RandomStart<T> start) {
   start.l2_write(&slot);
 }
 
-// Calls f(T{}) with the CUDA type T of dtype.
-template <typename F>
-void with_type(DType dtype, const F& f) {
-  switch (dtype) {
-    case DType::kFloat32: return f(float{});
-    case DType::kFloat64: return f(double{});
-    case DType::kFloat16: return f(__half{});
-    case DType::kBFloat16: return f(__nv_bfloat16{});
-  }
-}
-
 // Calls f(in_t{}, out_t{}): in_dtype is out_dtype or its math dtype (see ops.cpp).
 template <typename F>
 void with_step_types(const StepArgs& a, const F& f) {

@@ -106,19 +106,20 @@ def random_init(
     """A random start in the ε-ball around x_nat (B, ...), clipped to the box, SPEC §2.2.
 
     L∞: uniform in [−ε, ε] per element; L2: a uniform direction times radius ε·U(0, 1).
-    The same ``generator`` state gives the same start on the same backend and device.
+    The same ``generator`` state gives the same start on the same backend and device; the
+    generator must be on x_nat's device (the seed is drawn there, without a host sync).
     Returns a new tensor in x_nat's dtype.
     """
     _checks.check_float("x_nat", x_nat)
     norm = _checks.check_norm(norm)
     lo, hi = _checks.check_clip(clip)
+    _checks.check_generator(generator, x_nat)
     name = resolve_backend(backend, x_nat.device, x_nat.dtype)
     if name == "reference":
         return reference.random_init(x_nat, eps, norm, clip, generator)
     eps_t = _checks.per_sample("eps", eps, x_nat)
-    seed_device = generator.device if generator is not None else x_nat.device
-    seed = torch.randint(SEED_HIGH, (), generator=generator, device=seed_device,
-                         dtype=torch.int64).to(x_nat.device)
+    seed = torch.randint(SEED_HIGH, (), generator=generator, device=x_nat.device,
+                         dtype=torch.int64)
     out = torch.empty_like(x_nat, memory_format=torch.contiguous_format)
     random_init_op(out, x_nat.contiguous(), eps_t, seed, norm, lo, hi, name)
     return out

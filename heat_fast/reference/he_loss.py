@@ -6,7 +6,8 @@
     logits = s · (cos θ − m · onehot(y))
     L = CE(logits, y)
 
-All math runs in float32 (float64 stays float64, so gradcheck can use this path).
+All math runs in float32, also inside torch.autocast (float64 stays float64, so gradcheck can
+use this path).
 """
 from __future__ import annotations
 
@@ -22,6 +23,15 @@ NORM_EPS = 1e-12
 
 def _math_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _matmul_in_own_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in a's dtype, also inside a torch.autocast region (which would run it in 16 bits)."""
+    device = a.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return a @ b
+    return a @ b
 
 
 def he_logits(
@@ -45,7 +55,7 @@ def he_logits(
         x = F.normalize(x, dim=1, eps=NORM_EPS)
     if weight_norm:
         w = F.normalize(w, dim=1, eps=NORM_EPS)
-    cos = x @ w.t()
+    cos = _matmul_in_own_dtype(x, w.t())
     if margin != 0:
         cos = cos - margin * F.one_hot(target, weight.shape[0]).to(dtype)
     return scale * cos

@@ -79,6 +79,7 @@ def random_init(
     _checks.check_float("x_nat", x_nat)
     norm = _checks.check_norm(norm)
     lo, hi = _checks.check_clip(clip)
+    _checks.check_generator(generator, x_nat)
     dtype = _math_dtype(x_nat)
     eps_b = _per_sample_view(_checks.per_sample("eps", eps, x_nat).to(dtype), x_nat)
     xn = x_nat.to(dtype)

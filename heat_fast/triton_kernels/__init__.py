@@ -2,7 +2,6 @@
 Triton interpreter (TRITON_INTERPRET=1 set before triton is imported)."""
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -13,15 +12,11 @@ except ImportError as error:
     _IMPORT_ERROR: Optional[str] = f"triton is not installed ({error}); pip install triton"
 else:
     _IMPORT_ERROR = None
+    from heat_fast.triton_kernels.common import interpreting
     from heat_fast.triton_kernels.he_loss import he_ce_backward, he_ce_forward
     from heat_fast.triton_kernels.pgd import pgd_step_, random_init_
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels through its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:

@@ -1,35 +1,57 @@
 """Triton kernels of the fused HE cross-entropy (forward and backward).
 
-Forward, one program per block of BLOCK_B rows: feature row norms, then for each tile of
-BLOCK_C classes the dots x·W_cᵀ (tl.dot over D tiles, float32 accumulation) with the class
-norms from the same tiles, cos = dot / (‖x‖‖W_c‖), z = s(cos − m·1[c = y]) stored in the
-grad_cos buffer, and an online log-sum-exp; a second sweep over the stored z turns them into
-dL/dcos in place. The loss is formed as log1p(Σ_{j≠y} exp(z_j − z_y)) and the true-class
-gradient as −Σ_{j≠y} p_j, so neither cancels when p_y → 1. No B×C tensor besides grad_cos.
+Two launches forward, two backward; every grid is sized to occupy the GPU
+(:func:`heat_fast.triton_kernels.common.target_programs`, 132 SMs on an H100/H200).
 
-Backward: two launches of one scaled GEMM kernel give the unprojected gradients
-G W̃ (features) and Gᵀ x̃ (weight) in float32, then a row kernel applies the normalization
-backward (I − x̃x̃ᵀ)/‖x‖ and casts to the input dtype.
+Forward
+1. ``_cos_partials_kernel``: one program per (row block, class block, split of D). It forms
+   one BLOCK_M×BLOCK_N tile of the raw dots x·Wᵀ over its share of D with ``tl.dot`` and, from
+   the same tiles, the partial squared norms Σx² (programs of class block 0) and ΣW² (programs
+   of row block 0). 16-bit tiles go to the tensor cores as loaded (their products are exact in
+   float32 and the accumulation is float32); float32 and float64 tiles use exact ``ieee`` dots.
+   D is split until the grid holds a program per SM (partials summed in a fixed order, so the
+   result is deterministic):
+     CIFAR head B128 D640 C10: 16×16 tiles, 8 × 1 tile, D in 20 splits of 32 → 160 programs;
+     ImageNet head B256 D2048 C1000 in bf16: 64×64 tiles, 4 × 16 tiles, 4 splits → 256 programs.
+   Without splitting, the CIFAR head would be 8 programs and the ImageNet head 64.
+2. ``_ce_rows_kernel``: one program per row (128 and 256 programs for the two heads). It sums
+   the partials, forms cos = dot/(‖x‖‖W_c‖) and z = s(cos − m·1[c = y]) chunk by chunk, and
+   writes the loss and dL/dcos in place of the dots. The loss is log1p(Σ_{j≠y} exp(z_j − z_y))
+   and the true-class gradient −Σ_{j≠y} p_j, so neither cancels when p_y → 1. On the GPU it
+   asserts 0 ≤ y < C on the device (no extra launch, no host synchronisation).
 
-All math is float32 (float64 for float64 inputs); tiles are upcast right after load, which
-also keeps the Triton interpreter exact for bfloat16.
+Backward
+3. ``_grad_products_kernel``: one grid over the tiles of both products,
+   dL/dx̃·‖x‖-free part  G_x = diag(g)·(dL/dcos ⊘ ‖W‖)·W   (B×D) and
+   dL/dW̃                 G_w = (dL/dcos ⊙ (g ⊘ ‖x‖))ᵀ·x     (C×D), g = dloss/dloss_rows,
+   in float32. A 16-bit operand is multiplied on the tensor cores with ``tf32x3`` (three TF32
+   products, about 2⁻²² relative error, far below the 16-bit rounding of the gradient it
+   feeds); float32 and float64 use ``ieee``. CIFAR head: 16×32 tiles, 160 + 20 programs;
+   ImageNet head: 64×64 tiles, 128 + 512 programs.
+4. ``_normalize_rows_kernel``: one program per row of both gradients (B + C programs) applies
+   the normalization backward (I − x̂x̂ᵀ)/‖x‖ and stores in the input's dtype.
+
+Under the Triton interpreter every tile is upcast to the math dtype right after load and every
+dot is ``ieee`` (the interpreter mishandles bf16 arithmetic), with grids of one tile plan per
+call (see ``common.target_programs``).
 """
 from __future__ import annotations
 
-from typing import Tuple
+from dataclasses import dataclass
+from typing import Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from heat_fast.triton_kernels.common import acc_dtype, tl_dtype
+from heat_fast.triton_kernels import common
+from heat_fast.triton_kernels.common import SIXTEEN_BIT, acc_dtype, on_device, tl_dtype
 
-NORM_EPS = 1e-12
-BLOCK_B = 16
-BLOCK_D = 32
-MAX_BLOCK_C = 128
+NORM_EPS = tl.constexpr(1e-12)
 # Above this gap z_max − z_y the log1p form would overflow; use lse − z_y directly.
-_LOG1P_LIMIT = 20.0
+LOG1P_LIMIT = tl.constexpr(20.0)
+ROW_BLOCK_C = 512  # classes per chunk of the row kernel (at most; 1024 spills on sm_90)
+NORM_BLOCK_D = 256  # columns per chunk of the normalization kernel (at most)
 
 
 @triton.jit
@@ -41,155 +63,291 @@ def _log1p(u):
 
 
 @triton.jit
-def _he_ce_fwd_kernel(
-    x_ptr, w_ptr, y_ptr, loss_ptr, gcos_ptr, nx_ptr, nw_ptr,
-    B, C, D, scale, margin, smoothing,
-    FEATURE_NORM: tl.constexpr, WEIGHT_NORM: tl.constexpr, ACC: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr,
+def _cos_partials_kernel(
+    x_ptr, w_ptr, dots_ptr, xsq_ptr, wsq_ptr, B, C, D, k_per_split, blocks_m, blocks_n,
+    ACC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    """dots[split] = x·Wᵀ over one split of D; xsq[split] = Σx², wsq[split] = ΣW² over it."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    pid_m = pid % blocks_m
+    pid_n = (pid // blocks_m) % blocks_n
+    split = pid // (blocks_m * blocks_n)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    cls = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < B
-    dcols = tl.arange(0, BLOCK_D)
-    y = tl.load(y_ptr + rows, mask=row_ok, other=-1)
+    cls_ok = cls < C
+    x_rows = x_ptr + rows.to(tl.int64)[:, None] * D
+    w_rows = w_ptr + cls.to(tl.int64)[:, None] * D
+    dots = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
+    xsq = tl.zeros((BLOCK_M,), dtype=ACC)
+    wsq = tl.zeros((BLOCK_N,), dtype=ACC)
+    d_start = split * k_per_split
+    for d0 in range(d_start, tl.minimum(d_start + k_per_split, D), BLOCK_K):
+        dd = d0 + tl.arange(0, BLOCK_K)
+        d_ok = dd < D
+        x = tl.load(x_rows + dd[None, :], mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        w = tl.load(w_rows + dd[None, :], mask=cls_ok[:, None] & d_ok[None, :], other=0.0)
+        x_acc = x.to(ACC)
+        w_acc = w.to(ACC)
+        if UPCAST:
+            dots = tl.dot(x_acc, tl.trans(w_acc), dots, input_precision="ieee", out_dtype=ACC)
+        else:
+            dots = tl.dot(x, tl.trans(w), dots, out_dtype=ACC)
+        xsq += tl.sum(x_acc * x_acc, axis=1)
+        wsq += tl.sum(w_acc * w_acc, axis=1)
+    split64 = split.to(tl.int64)
+    out = dots_ptr + split64 * B * C + rows.to(tl.int64)[:, None] * C + cls[None, :]
+    tl.store(out, dots, mask=row_ok[:, None] & cls_ok[None, :])
+    if pid_n == 0:
+        tl.store(xsq_ptr + split64 * B + rows, xsq, mask=row_ok)
+    if pid_m == 0:
+        tl.store(wsq_ptr + split64 * C + cls, wsq, mask=cls_ok)
 
-    xsq = tl.zeros((BLOCK_B,), dtype=ACC)
-    for d0 in range(0, D, BLOCK_D):
-        dd = d0 + dcols
-        x = tl.load(x_ptr + rows[:, None] * D + dd[None, :],
-                    mask=row_ok[:, None] & (dd[None, :] < D), other=0.0).to(ACC)
-        xsq += tl.sum(x * x, axis=1)
+
+@triton.jit(debug=True)
+def _ce_rows_kernel(
+    dots_ptr, splits, xsq_ptr, wsq_ptr, y_ptr, loss_ptr, gcos_ptr, nx_ptr, nw_ptr, B, C,
+    scale: tl.float64, margin: tl.float64, smoothing: tl.float64,
+    FEATURE_NORM: tl.constexpr, WEIGHT_NORM: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Loss and dL/dcos of one row from the partial dots and squared norms (module docstring).
+
+    ``gcos`` may be ``dots`` itself (one split): each element is read before it is written.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    y = tl.load(y_ptr + row)
+    tl.device_assert((y >= 0) & (y < C), "heat_fast: target label outside [0, C)")
+    s = tl.cast(scale, ACC)
+    m = tl.cast(margin, ACC)
+    eps = tl.cast(smoothing, ACC)
+    lanes = tl.arange(0, BLOCK_C)
+
+    xsq = tl.load(xsq_ptr + row)
+    for k in range(1, splits):
+        xsq += tl.load(xsq_ptr + k * B + row)
     if FEATURE_NORM:
         nx = tl.sqrt(xsq)
-        inv_nx = 1.0 / tl.maximum(nx, NORM_EPS)
     else:
-        nx = tl.zeros((BLOCK_B,), dtype=ACC) + 1.0
-        inv_nx = nx
-    tl.store(nx_ptr + rows, nx, mask=row_ok)
+        nx = tl.full((), 1.0, ACC)
+    inv_nx = 1.0 / tl.maximum(nx, NORM_EPS)
+    tl.store(nx_ptr + row, nx)
 
-    run_max = tl.zeros((BLOCK_B,), dtype=ACC) - float("inf")
-    run_sum = tl.zeros((BLOCK_B,), dtype=ACC)       # Σ_j exp(z_j − run_max)
-    run_other = tl.zeros((BLOCK_B,), dtype=ACC)     # Σ_{j≠y} exp(z_j − run_max)
-    z_true = tl.zeros((BLOCK_B,), dtype=ACC)
-    z_total = tl.zeros((BLOCK_B,), dtype=ACC)
+    z_max = tl.full((BLOCK_C,), float("-inf"), dtype=ACC)
+    z_true = tl.zeros((BLOCK_C,), dtype=ACC)
+    z_total = tl.zeros((BLOCK_C,), dtype=ACC)
+    row_z = gcos_ptr + row * C
     for c0 in range(0, C, BLOCK_C):
-        cls = c0 + tl.arange(0, BLOCK_C)
-        cls_ok = cls < C
-        dots = tl.zeros((BLOCK_B, BLOCK_C), dtype=ACC)
+        cls = c0 + lanes
+        ok = cls < C
+        dot = tl.zeros((BLOCK_C,), dtype=ACC)
         wsq = tl.zeros((BLOCK_C,), dtype=ACC)
-        for d0 in range(0, D, BLOCK_D):
-            dd = d0 + dcols
-            d_ok = dd < D
-            x = tl.load(x_ptr + rows[:, None] * D + dd[None, :],
-                        mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
-            w = tl.load(w_ptr + cls[:, None] * D + dd[None, :],
-                        mask=cls_ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
-            dots += tl.dot(x, tl.trans(w), input_precision="ieee")
-            wsq += tl.sum(w * w, axis=1)
+        for k in range(0, splits):
+            dot += tl.load(dots_ptr + (k * B + row) * C + cls, mask=ok, other=0.0)
+            wsq += tl.load(wsq_ptr + k * C + cls, mask=ok, other=0.0)
         if WEIGHT_NORM:
             nw = tl.sqrt(wsq)
-            inv_nw = 1.0 / tl.maximum(nw, NORM_EPS)
         else:
-            nw = tl.zeros((BLOCK_C,), dtype=ACC) + 1.0
-            inv_nw = nw
-        if pid == 0:
-            tl.store(nw_ptr + cls, nw, mask=cls_ok)
-        is_true = cls[None, :] == y[:, None]
-        cos = dots * inv_nx[:, None] * inv_nw[None, :]
-        z = scale * (cos - tl.where(is_true, margin, 0.0))
-        z = tl.where(cls_ok[None, :], z, -float("inf"))
-        tl.store(gcos_ptr + rows[:, None] * C + cls[None, :], z,
-                 mask=row_ok[:, None] & cls_ok[None, :])
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        rescale = tl.exp(run_max - new_max)
-        e = tl.exp(z - new_max[:, None])
-        run_sum = run_sum * rescale + tl.sum(e, axis=1)
-        run_other = run_other * rescale + tl.sum(tl.where(is_true, 0.0, e), axis=1)
-        run_max = new_max
-        z_true += tl.sum(tl.where(is_true, z, 0.0), axis=1)
-        z_total += tl.sum(tl.where(cls_ok[None, :], z, 0.0), axis=1)
+            nw = tl.full((BLOCK_C,), 1.0, ACC)
+        if row == 0:
+            tl.store(nw_ptr + cls, nw, mask=ok)
+        is_true = cls == y
+        z = s * (dot * inv_nx / tl.maximum(nw, NORM_EPS) - tl.where(is_true, m, 0.0))
+        z = tl.where(ok, z, float("-inf"))
+        tl.store(row_z + cls, z, mask=ok)
+        z_max = tl.maximum(z_max, z)
+        z_true += tl.where(is_true, z, 0.0)
+        z_total += tl.where(ok, z, 0.0)
+    top = tl.max(z_max, axis=0)
+    zy = tl.sum(z_true, axis=0)
 
-    gap = run_max - z_true
-    near = tl.minimum(gap, _LOG1P_LIMIT)
-    ce = tl.where(gap <= _LOG1P_LIMIT, _log1p(run_other * tl.exp(near)),
-                  gap + tl.log(run_sum))
-    loss = ce + smoothing * (z_true - z_total / C)
-    tl.store(loss_ptr + rows, loss, mask=row_ok)
-
-    inv_sum = 1.0 / run_sum
-    true_grad = -run_other * inv_sum + smoothing * (1.0 - 1.0 / C)
+    other = tl.zeros((BLOCK_C,), dtype=ACC)  # Σ_{j≠y} exp(z_j − top)
     for c0 in range(0, C, BLOCK_C):
-        cls = c0 + tl.arange(0, BLOCK_C)
-        ok = row_ok[:, None] & (cls[None, :] < C)
-        ptrs = gcos_ptr + rows[:, None] * C + cls[None, :]
-        z = tl.load(ptrs, mask=ok, other=-float("inf"))
-        p = tl.exp(z - run_max[:, None]) * inv_sum[:, None] - smoothing / C
-        g = tl.where(cls[None, :] == y[:, None], true_grad[:, None], p)
-        tl.store(ptrs, scale * g, mask=ok)
+        cls = c0 + lanes
+        z = tl.load(row_z + cls, mask=cls < C, other=float("-inf"))
+        other += tl.where(cls == y, 0.0, tl.exp(z - top))
+    rest = tl.sum(other, axis=0)
+    total = rest + tl.exp(zy - top)
+    gap = top - zy
+    ce = tl.where(gap <= LOG1P_LIMIT, _log1p(rest * tl.exp(tl.minimum(gap, LOG1P_LIMIT))),
+                  gap + tl.log(total))
+    tl.store(loss_ptr + row, ce + eps * (zy - tl.sum(z_total, axis=0) / C))
+
+    inv_total = 1.0 / total
+    true_grad = -rest * inv_total + eps * (1.0 - 1.0 / C)
+    for c0 in range(0, C, BLOCK_C):
+        cls = c0 + lanes
+        ok = cls < C
+        z = tl.load(row_z + cls, mask=ok, other=float("-inf"))
+        p = tl.exp(z - top) * inv_total - eps / C
+        tl.store(row_z + cls, s * tl.where(cls == y, true_grad, p), mask=ok)
 
 
 @triton.jit
-def _scaled_gemm_kernel(
-    a_ptr, a_stride_m, a_stride_k, m_scale_ptr, k_scale_ptr, b_ptr, out_ptr,
-    M, K, D, ACC: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+def _scaled_product_tile(
+    a_ptr, stride_am, stride_ak, k_norm_ptr, k_mult_ptr, m_mult_ptr, b_ptr, out_ptr,
+    M, K, N, tile, ACC: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_K_MULT: tl.constexpr, HAS_M_MULT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """out[m, d] = m_scale[m] · Σ_k A[m, k] · k_scale[k] · B[k, d] (B is K×D contiguous)."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    dd = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    """One tile of out = diag(m_mult)·(A ⊙ k_scale[None, :])·Bmat with
+    k_scale = k_mult / max(k_norm, eps); A is M×K (strided), Bmat K×N and out M×N contiguous."""
+    blocks_n = tl.cdiv(N, BLOCK_N)
+    rows = (tile // blocks_n) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (tile % blocks_n) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < M
-    d_ok = dd < D
-    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=ACC)
+    col_ok = cols < N
+    a_rows = a_ptr + rows.to(tl.int64)[:, None] * stride_am
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ACC)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
-        a = tl.load(a_ptr + rows[:, None] * a_stride_m + ks[None, :] * a_stride_k,
+        a = tl.load(a_rows + ks.to(tl.int64)[None, :] * stride_ak,
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0).to(ACC)
-        k_scale = tl.load(k_scale_ptr + ks, mask=k_ok, other=0.0).to(ACC)
-        b = tl.load(b_ptr + ks[:, None] * D + dd[None, :],
-                    mask=k_ok[:, None] & d_ok[None, :], other=0.0).to(ACC)
-        acc += tl.dot(a * k_scale[None, :], b, input_precision="ieee")
-    m_scale = tl.load(m_scale_ptr + rows, mask=row_ok, other=0.0).to(ACC)
-    tl.store(out_ptr + rows[:, None] * D + dd[None, :], acc * m_scale[:, None],
-             mask=row_ok[:, None] & d_ok[None, :])
+        k_scale = 1.0 / tl.maximum(tl.load(k_norm_ptr + ks, mask=k_ok, other=1.0).to(ACC),
+                                   NORM_EPS)
+        if HAS_K_MULT:
+            k_scale *= tl.load(k_mult_ptr + ks, mask=k_ok, other=0.0).to(ACC)
+        b = tl.load(b_ptr + ks.to(tl.int64)[:, None] * N + cols[None, :],
+                    mask=k_ok[:, None] & col_ok[None, :], other=0.0).to(ACC)
+        acc = tl.dot(a * k_scale[None, :], b, acc, input_precision=PRECISION, out_dtype=ACC)
+    if HAS_M_MULT:
+        acc *= tl.load(m_mult_ptr + rows, mask=row_ok, other=0.0).to(ACC)[:, None]
+    tl.store(out_ptr + rows.to(tl.int64)[:, None] * N + cols[None, :], acc,
+             mask=row_ok[:, None] & col_ok[None, :])
 
 
 @triton.jit
-def _normalize_backward_kernel(
-    dhat_ptr, x_ptr, norm_ptr, out_ptr, M, D,
-    NORMALIZE: tl.constexpr, ACC: tl.constexpr, OUT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+def _grad_products_kernel(
+    gcos_ptr, grows_ptr, nx_ptr, nw_ptr, x_ptr, w_ptr, gx_ptr, gw_ptr, B, C, D, tiles_x,
+    ACC: tl.constexpr, PRECISION_X: tl.constexpr, PRECISION_W: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """out = (dhat − x̂ (x̂·dhat)) / ‖x‖ per row (dhat / eps where ‖x‖ ≤ eps), or dhat."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < M
+    """Tiles [0, tiles_x) of G_x = diag(g)·(dL/dcos ⊘ ‖W‖)·W, the rest of
+    G_w = (dL/dcos ⊙ (g ⊘ ‖x‖))ᵀ·x (module docstring)."""
+    pid = tl.program_id(0)
+    if pid < tiles_x:
+        _scaled_product_tile(gcos_ptr, C, 1, nw_ptr, nw_ptr, grows_ptr, w_ptr, gx_ptr,
+                             B, C, D, pid, ACC, PRECISION_X, False, True,
+                             BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        _scaled_product_tile(gcos_ptr, 1, C, nx_ptr, grows_ptr, grows_ptr, x_ptr, gw_ptr,
+                             C, B, D, pid - tiles_x, ACC, PRECISION_W, True, False,
+                             BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+@triton.jit
+def _normalize_row(g_ptr, x_ptr, norm_ptr, out_ptr, row, D, NORMALIZE: tl.constexpr,
+                   ACC: tl.constexpr, BLOCK_D: tl.constexpr):
+    """out = (g − x̂(x̂·g))/‖x‖ for one row (g/eps where ‖x‖ ≤ eps), or g; in out's dtype."""
+    row = row.to(tl.int64)
+    g_row = g_ptr + row * D
+    x_row = x_ptr + row * D
+    out_row = out_ptr + row * D
     cols = tl.arange(0, BLOCK_D)
-    norm = tl.load(norm_ptr + rows, mask=row_ok, other=1.0).to(ACC)
+    norm = tl.load(norm_ptr + row).to(ACC)
     inv = 1.0 / tl.maximum(norm, NORM_EPS)
-    project = norm > NORM_EPS
-    radial = tl.zeros((BLOCK_M,), dtype=ACC)
+    radial = tl.zeros((BLOCK_D,), dtype=ACC)
     if NORMALIZE:
         for d0 in range(0, D, BLOCK_D):
-            dd = d0 + cols
-            ok = row_ok[:, None] & (dd[None, :] < D)
-            dhat = tl.load(dhat_ptr + rows[:, None] * D + dd[None, :], mask=ok, other=0.0)
-            x = tl.load(x_ptr + rows[:, None] * D + dd[None, :], mask=ok, other=0.0).to(ACC)
-            radial += tl.sum(x * inv[:, None] * dhat, axis=1)
-        radial = tl.where(project, radial, 0.0)
+            ok = d0 + cols < D
+            g = tl.load(g_row + d0 + cols, mask=ok, other=0.0)
+            x = tl.load(x_row + d0 + cols, mask=ok, other=0.0).to(ACC)
+            radial += x * g
+    along = tl.where(norm > NORM_EPS, tl.sum(radial, axis=0) * inv, 0.0)
     for d0 in range(0, D, BLOCK_D):
-        dd = d0 + cols
-        ok = row_ok[:, None] & (dd[None, :] < D)
-        dhat = tl.load(dhat_ptr + rows[:, None] * D + dd[None, :], mask=ok, other=0.0)
+        ok = d0 + cols < D
+        g = tl.load(g_row + d0 + cols, mask=ok, other=0.0)
         if NORMALIZE:
-            x = tl.load(x_ptr + rows[:, None] * D + dd[None, :], mask=ok, other=0.0).to(ACC)
-            grad = (dhat - x * inv[:, None] * radial[:, None]) * inv[:, None]
-        else:
-            grad = dhat
-        tl.store(out_ptr + rows[:, None] * D + dd[None, :], grad.to(OUT), mask=ok)
+            x = tl.load(x_row + d0 + cols, mask=ok, other=0.0).to(ACC)
+            g = (g - x * inv * along) * inv
+        tl.store(out_row + d0 + cols, g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
-def _block_c(num_classes: int) -> int:
-    return max(16, min(MAX_BLOCK_C, triton.next_power_of_2(num_classes)))
+@triton.jit
+def _normalize_rows_kernel(
+    gx_ptr, x_ptr, nx_ptr, dx_ptr, gw_ptr, w_ptr, nw_ptr, dw_ptr, B, D,
+    FEATURE_NORM: tl.constexpr, WEIGHT_NORM: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """Rows [0, B) turn G_x into d_features, the rest turn G_w into d_weight."""
+    pid = tl.program_id(0)
+    if pid < B:
+        _normalize_row(gx_ptr, x_ptr, nx_ptr, dx_ptr, pid, D, FEATURE_NORM, ACC, BLOCK_D)
+    else:
+        _normalize_row(gw_ptr, w_ptr, nw_ptr, dw_ptr, pid - B, D, WEIGHT_NORM, ACC, BLOCK_D)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tile sizes and grid of one GEMM-shaped launch."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    programs: int
+    splits: int = 1
+    k_per_split: int = 0
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _tile_options(dtype: torch.dtype, sixteen_bit: bool) -> Sequence[Tuple[int, int]]:
+    """(BLOCK_M, BLOCK_K) candidates, largest first; sized so no tile spills on sm_90."""
+    if dtype == torch.float64:
+        return ((32, 16), (16, 16))
+    if sixteen_bit:
+        return ((64, 64), (32, 64), (16, 64), (16, 32))
+    return ((32, 32), (16, 32))
+
+
+def forward_plan(batch: int, classes: int, dim: int, dtype: torch.dtype, sixteen_bit: bool,
+                 target: int) -> TilePlan:
+    """Tiles of ``_cos_partials_kernel``: the largest tiles whose grid, with D split into at
+    most cdiv(D, BLOCK_K) parts, reaches ``target`` programs (else the smallest tiles of the
+    most programs)."""
+    block_n = max(16, min(64 if sixteen_bit else 32, triton.next_power_of_2(classes)))
+    best = None
+    for block_m, block_k in _tile_options(dtype, sixteen_bit):
+        tiles = _ceil(batch, block_m) * _ceil(classes, block_n)
+        k_tiles = _ceil(dim, block_k)
+        per_split = max(1, k_tiles // max(1, _ceil(target, tiles)))
+        splits = _ceil(k_tiles, per_split)
+        plan = TilePlan(block_m, block_n, block_k, tiles * splits, splits, per_split * block_k)
+        if best is None or plan.programs >= best.programs:
+            best = plan
+        if plan.programs >= target:
+            return plan
+    return best
+
+
+def backward_plan(batch: int, classes: int, dim: int, dtype: torch.dtype, sixteen_bit: bool,
+                  target: int) -> TilePlan:
+    """Tiles of ``_grad_products_kernel`` (BLOCK_N over D): the largest reaching ``target``."""
+    best = None
+    for block_m, block_n in _tile_options(dtype, sixteen_bit):
+        programs = (_ceil(batch, block_m) + _ceil(classes, block_m)) * _ceil(dim, block_n)
+        plan = TilePlan(block_m, block_n, 16 if dtype == torch.float64 else 32, programs)
+        if best is None or plan.programs >= best.programs:
+            best = plan
+        if programs >= target:
+            return plan
+    return best
+
+
+def _feeds_tensor_cores(*tensors: torch.Tensor) -> bool:
+    """16-bit tiles of one dtype go to tl.dot as loaded (not under the interpreter)."""
+    first = tensors[0].dtype
+    return (first in SIXTEEN_BIT and all(t.dtype == first for t in tensors)
+            and not common.interpreting())
+
+
+def _precision(output_dtype: torch.dtype) -> str:
+    """tf32x3 where the product feeds a 16-bit gradient, exact ieee dots otherwise."""
+    return "tf32x3" if output_dtype in SIXTEEN_BIT and not common.interpreting() else "ieee"
 
 
 def he_ce_forward(
@@ -199,40 +357,32 @@ def he_ce_forward(
     """Kernel contract of heat_fast.ops.he_loss: (loss_rows, grad_cos, ‖x‖, ‖W_c‖)."""
     batch, dim = features.shape
     classes = weight.shape[0]
-    dtype = acc_dtype(features, weight)
-    loss = features.new_empty((batch,), dtype=dtype)
-    grad_cos = features.new_empty((batch, classes), dtype=dtype)
-    feature_norms = features.new_empty((batch,), dtype=dtype)
-    weight_norms = features.new_empty((classes,), dtype=dtype)
-    _he_ce_fwd_kernel[(triton.cdiv(batch, BLOCK_B),)](
-        features, weight, target, loss, grad_cos, feature_norms, weight_norms,
-        batch, classes, dim, float(scale), float(margin), float(label_smoothing),
-        FEATURE_NORM=bool(feature_norm), WEIGHT_NORM=bool(weight_norm), ACC=tl_dtype(dtype),
-        BLOCK_B=BLOCK_B, BLOCK_C=_block_c(classes), BLOCK_D=BLOCK_D,
-    )
+    dtype = acc_dtype(features)
+    sixteen_bit = _feeds_tensor_cores(features, weight)
+    plan = forward_plan(batch, classes, dim, dtype, sixteen_bit,
+                        common.target_programs(features.device))
+    new = features.new_empty
+    with on_device(features):
+        grad_cos = new((batch, classes), dtype=dtype)
+        dots = grad_cos if plan.splits == 1 else new((plan.splits, batch, classes), dtype=dtype)
+        feature_sq = new((plan.splits, batch), dtype=dtype)
+        weight_sq = new((plan.splits, classes), dtype=dtype)
+        _cos_partials_kernel[(plan.programs,)](
+            features, weight, dots, feature_sq, weight_sq, batch, classes, dim,
+            plan.k_per_split, _ceil(batch, plan.block_m), _ceil(classes, plan.block_n),
+            ACC=tl_dtype(dtype), UPCAST=not sixteen_bit, BLOCK_M=plan.block_m,
+            BLOCK_N=plan.block_n, BLOCK_K=plan.block_k,
+        )
+        loss = new((batch,), dtype=dtype)
+        feature_norms = new((batch,), dtype=dtype)
+        weight_norms = new((classes,), dtype=dtype)
+        _ce_rows_kernel[(batch,)](
+            dots, plan.splits, feature_sq, weight_sq, target, loss, grad_cos, feature_norms,
+            weight_norms, batch, classes, float(scale), float(margin), float(label_smoothing),
+            FEATURE_NORM=bool(feature_norm), WEIGHT_NORM=bool(weight_norm), ACC=tl_dtype(dtype),
+            BLOCK_C=max(16, min(ROW_BLOCK_C, triton.next_power_of_2(classes))),
+        )
     return loss, grad_cos, feature_norms, weight_norms
-
-
-def _input_grad(a: torch.Tensor, a_strides: Tuple[int, int], m_scale: torch.Tensor,
-                k_scale: torch.Tensor, other: torch.Tensor, source: torch.Tensor,
-                norms: torch.Tensor, normalize: bool) -> torch.Tensor:
-    """Gradient w.r.t. ``source`` (M×D): normalization backward of m_scale·A·k_scale·other."""
-    rows, dim = source.shape
-    dtype = acc_dtype(source, other)
-    dhat = torch.empty((rows, dim), dtype=dtype, device=source.device)
-    block_d = 64
-    _scaled_gemm_kernel[(triton.cdiv(rows, 16), triton.cdiv(dim, block_d))](
-        a, a_strides[0], a_strides[1], m_scale, k_scale, other, dhat,
-        rows, other.shape[0], dim, ACC=tl_dtype(dtype),
-        BLOCK_M=16, BLOCK_K=32, BLOCK_D=block_d,
-    )
-    out = torch.empty_like(source)
-    _normalize_backward_kernel[(triton.cdiv(rows, 16),)](
-        dhat, source, norms, out, rows, dim,
-        NORMALIZE=bool(normalize), ACC=tl_dtype(dtype), OUT=tl_dtype(source.dtype),
-        BLOCK_M=16, BLOCK_D=BLOCK_D,
-    )
-    return out
 
 
 def he_ce_backward(
@@ -242,11 +392,25 @@ def he_ce_backward(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Kernel contract of heat_fast.ops.he_loss: (d_features, d_weight)."""
     batch, classes = grad_cos.shape
-    inv_nw = 1.0 / weight_norms.clamp_min(NORM_EPS)
-    inv_nx = 1.0 / feature_norms.clamp_min(NORM_EPS)
-    ones_c = torch.ones_like(weight_norms)
-    d_features = _input_grad(grad_cos, (classes, 1), grad_rows, inv_nw, weight,
-                             features, feature_norms, feature_norm)
-    d_weight = _input_grad(grad_cos, (1, classes), ones_c, grad_rows * inv_nx, features,
-                           weight, weight_norms, weight_norm)
+    dim = features.shape[1]
+    dtype = acc_dtype(features)
+    precision_x, precision_w = _precision(features.dtype), _precision(weight.dtype)
+    plan = backward_plan(batch, classes, dim, dtype, "tf32x3" in (precision_x, precision_w),
+                         common.target_programs(features.device))
+    with on_device(features):
+        g_x = torch.empty((batch, dim), dtype=dtype, device=features.device)
+        g_w = torch.empty((classes, dim), dtype=dtype, device=features.device)
+        _grad_products_kernel[(plan.programs,)](
+            grad_cos, grad_rows, feature_norms, weight_norms, features, weight, g_x, g_w,
+            batch, classes, dim, _ceil(batch, plan.block_m) * _ceil(dim, plan.block_n),
+            ACC=tl_dtype(dtype), PRECISION_X=precision_x, PRECISION_W=precision_w,
+            BLOCK_M=plan.block_m, BLOCK_N=plan.block_n, BLOCK_K=plan.block_k,
+        )
+        d_features = torch.empty_like(features)
+        d_weight = torch.empty_like(weight)
+        _normalize_rows_kernel[(batch + classes,)](
+            g_x, features, feature_norms, d_features, g_w, weight, weight_norms, d_weight,
+            batch, dim, FEATURE_NORM=bool(feature_norm), WEIGHT_NORM=bool(weight_norm),
+            ACC=tl_dtype(dtype), BLOCK_D=max(16, min(NORM_BLOCK_D, triton.next_power_of_2(dim))),
+        )
     return d_features, d_weight
