@@ -22,7 +22,7 @@ def loss_and_grads(x, w, y, backend, **kwargs):
     x = x.detach().clone().requires_grad_(True)
     w = w.detach().clone().requires_grad_(True)
     loss = hf.he_cross_entropy(x, w, y, backend=backend, **kwargs)
-    weights = torch.linspace(0.5, 1.5, loss.numel()).reshape(loss.shape)
+    weights = torch.linspace(0.5, 1.5, loss.numel(), device=loss.device).reshape(loss.shape)
     gx, gw = torch.autograd.grad((loss * weights).sum(), (x, w))
     return loss.detach(), gx, gw
 

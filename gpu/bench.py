@@ -1,0 +1,274 @@
+"""The SPEC §7 GPU figures in one run: every case timed in this process, ratios in the same run.
+
+    python gpu/bench.py --out DIR [--budget SECONDS]      # on a CUDA GPU
+    python gpu/bench.py --out DIR --dry-run               # tiny CPU shapes, checks this script
+
+Cases (each implementation of a case runs on the same inputs):
+- he_cross_entropy forward + backward at the CIFAR head (B128 D640 C10) and the ImageNet head
+  (B256 D2048 C1000), float32 and bfloat16: eager reference, torch.compile(reference), Triton,
+  native (targets: >= 3x eager, >= 1.5x compiled);
+- he_cross_entropy at C = 131072 (B256 D512, bfloat16) against the time of its three GEMMs;
+- pgd_step L-inf at 128x3x32x32 and 256x3x224x224 against a device copy of the same bytes
+  (target: >= 80% of the copy's bandwidth, counting 3 reads + 1 write);
+- one PGD-10 AT step with HE of PreActResNet-18 and WRN-34-10 at batch 128: the fp32 eager
+  reference path against the fused ops with bf16 autocast and channels_last (target >= 2.5x).
+
+GPU timing: CUDA events around blocks of back-to-back calls (no synchronisation per call), the
+median over blocks. torch.compile's dynamo state is reset before each compiled case, so no case
+falls back to eager through the recompile limit. Writes DIR/bench.json and DIR/bench.md; a case
+that fails is recorded with its error and the run goes on; cases past --budget are skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import traceback
+from typing import Callable, Dict, List, Optional
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import heat_fast as hf  # noqa: E402
+
+
+class Clock:
+    """Median milliseconds per call of ``fn`` over blocks of back-to-back calls."""
+
+    def __init__(self, device: torch.device, block_ms: float, blocks: int) -> None:
+        self.device, self.block_ms, self.blocks = device, block_ms, blocks
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _block(self, fn: Callable[[], object], calls: int) -> float:
+        if self.device.type == "cuda":
+            start, end = (torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+            for _ in range(calls):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / calls
+        begin = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - begin) * 1e3 / calls
+
+    def __call__(self, fn: Callable[[], object]) -> float:
+        for _ in range(3):
+            fn()
+        self._sync()
+        once = self._block(fn, 1)
+        calls = max(1, min(1000, round(self.block_ms / max(once, 1e-4))))
+        return statistics.median(self._block(fn, calls) for _ in range(self.blocks))
+
+
+def he_loss_fn(x, w, y, backend: str, compiled: bool) -> Callable[[], object]:
+    def loss(features, weight, target):
+        return hf.he_cross_entropy(features, weight, target, 15.0, 0.2, backend=backend)
+
+    if compiled:
+        torch._dynamo.reset()
+        loss = torch.compile(loss)
+    return lambda: torch.autograd.grad(loss(x, w, y), (x, w))
+
+
+def he_inputs(batch: int, dim: int, classes: int, dtype, device):
+    gen = torch.Generator(device).manual_seed(0)
+    x = torch.randn(batch, dim, device=device, generator=gen).to(dtype).requires_grad_(True)
+    w = torch.randn(classes, dim, device=device, generator=gen).to(dtype).requires_grad_(True)
+    y = torch.randint(0, classes, (batch,), device=device, generator=gen)
+    return x, w, y
+
+
+def bench_he_loss(clock: Clock, device, shapes, dtypes, backends) -> List[Dict]:
+    rows = []
+    for name, (batch, dim, classes) in shapes.items():
+        for dtype in dtypes:
+            x, w, y = he_inputs(batch, dim, classes, dtype, device)
+            times = {}
+            for impl in ("reference", "compiled-reference") + backends:
+                backend = "reference" if impl.endswith("reference") else impl
+                times[impl] = clock(he_loss_fn(x, w, y, backend, impl == "compiled-reference"))
+            for impl, ms in times.items():
+                rows.append(dict(case=f"he_cross_entropy fwd+bwd {name}", impl=impl,
+                                 dtype=str(dtype).replace("torch.", ""),
+                                 shape=f"B{batch} D{dim} C{classes}", ms=ms,
+                                 vs_eager=times["reference"] / ms,
+                                 vs_compiled=times["compiled-reference"] / ms))
+    return rows
+
+
+def bench_large_classes(clock: Clock, device, shape, backends) -> List[Dict]:
+    batch, dim, classes = shape
+    x, w, y = he_inputs(batch, dim, classes, torch.bfloat16, device)
+    g = torch.randn(batch, classes, device=device, dtype=torch.bfloat16)
+    xd, wd = x.detach(), w.detach()
+    floor = clock(lambda: (xd @ wd.t(), g @ wd, g.t() @ xd))
+    rows = [dict(case="he_cross_entropy large C", impl="three bf16 GEMMs (floor)",
+                 dtype="bfloat16", shape=f"B{batch} D{dim} C{classes}", ms=floor,
+                 vs_floor=1.0)]
+    for impl in ("reference",) + backends:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+        ms = clock(he_loss_fn(x, w, y, impl, False))
+        row = dict(case="he_cross_entropy large C", impl=impl, dtype="bfloat16",
+                   shape=f"B{batch} D{dim} C{classes}", ms=ms, vs_floor=floor / ms)
+        if device.type == "cuda":
+            row["peak_mib_beyond_inputs"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        rows.append(row)
+    return rows
+
+
+def bench_pgd(clock: Clock, device, shapes, dtypes, backends) -> List[Dict]:
+    rows = []
+    for shape in shapes:
+        for dtype in dtypes:
+            gen = torch.Generator(device).manual_seed(0)
+            x_nat = torch.rand(shape, device=device, generator=gen).to(dtype)
+            grad = torch.randn(shape, device=device, generator=gen).to(dtype)
+            x_adv = x_nat.clone()
+            copy_dst = torch.empty_like(x_nat)
+            nbytes = x_nat.numel() * x_nat.element_size()
+            copy_ms = clock(lambda: copy_dst.copy_(x_nat))
+            copy_gbs = 2 * nbytes / copy_ms / 1e6
+            label = "x".join(map(str, shape))
+            rows.append(dict(case=f"pgd_step linf {label}", impl="device copy (anchor)",
+                             dtype=str(dtype).replace("torch.", ""), shape=label, ms=copy_ms,
+                             gb_per_s=copy_gbs, of_copy_bandwidth=1.0))
+            for impl in ("reference",) + backends:
+                ms = clock(lambda: hf.pgd_step(x_adv, grad, x_nat, 8 / 255, 2 / 255, "linf",
+                                               out=x_adv, backend=impl))
+                gbs = 4 * nbytes / ms / 1e6
+                rows.append(dict(case=f"pgd_step linf {label}", impl=impl,
+                                 dtype=str(dtype).replace("torch.", ""), shape=label, ms=ms,
+                                 gb_per_s=gbs, of_copy_bandwidth=gbs / copy_gbs))
+    return rows
+
+
+def at_step(model_name: str, batch: int, device, fastest: bool, image: int,
+            channels: int) -> Callable[[], object]:
+    """One PGD-10 AT step with HE (craft + update) of the training frameworks."""
+    from heat_fast.models import build_model
+    from heat_fast.training import Objective, build_framework
+
+    torch.manual_seed(0)
+    model = build_model(model_name, 10, he=True, in_channels=channels,
+                        image_size=image).to(device)
+    memory_format = torch.channels_last if fastest else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    objective = Objective(he=True, scale=15.0, margin=0.2,
+                          backend="auto" if fastest else "reference", bf16=fastest)
+    framework = build_framework("pgd-at", objective, eps=8 / 255, alpha=2 / 255, steps=10,
+                                generator=torch.Generator(device).manual_seed(0))
+    gen = torch.Generator(device).manual_seed(1)
+    x = torch.rand(batch, channels, image, image, device=device, generator=gen)
+    x = x.contiguous(memory_format=memory_format)
+    y = torch.randint(0, 10, (batch,), device=device, generator=gen)
+    model.train()
+    return lambda: framework.train_step(model, optimizer, x, y)
+
+
+def bench_at_step(clock: Clock, device, models, batch, image, channels) -> List[Dict]:
+    rows = []
+    for model_name in models:
+        eager = clock(at_step(model_name, batch, device, False, image, channels))
+        fast = clock(at_step(model_name, batch, device, True, image, channels))
+        for impl, dtype, ms in (("fp32 eager reference", "float32", eager),
+                                ("fused + bf16 + channels_last", "bfloat16 autocast", fast)):
+            rows.append(dict(case=f"PGD-10 AT step +HE {model_name}", impl=impl, dtype=dtype,
+                             shape=f"B{batch} {channels}x{image}x{image}", ms=ms,
+                             images_per_s=batch / ms * 1e3, vs_eager=eager / ms))
+    return rows
+
+
+def environment(device) -> Dict[str, Optional[str]]:
+    import triton
+
+    from heat_fast import native
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda, "triton": triton.__version__,
+            "native": str(native.BUILD_INFO),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+            else platform.processor() or "cpu"}
+
+
+def markdown(env: Dict, rows: List[Dict], problems: List[str]) -> str:
+    lines = [f"Device: {env['device']}; torch {env['torch']} (CUDA {env['cuda']}), "
+             f"triton {env['triton']}, Python {env['python']}.", "",
+             "| case | implementation | dtype | shape | ms | ratio |", "|---|---|---|---|---:|---|"]
+    for r in rows:
+        ratio = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r.items()
+                          if k in ("vs_eager", "vs_compiled", "vs_floor", "of_copy_bandwidth"))
+        extra = "".join(f", {k.replace('_', ' ')} {v:.0f}" for k, v in r.items()
+                        if k in ("gb_per_s", "images_per_s", "peak_mib_beyond_inputs"))
+        lines.append(f"| {r['case']} | {r['impl']} | {r['dtype']} | {r['shape']} "
+                     f"| {r['ms']:.4f} | {ratio}{extra} |")
+    lines += [""] + [f"- {p}" for p in problems]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for bench.json and bench.md")
+    parser.add_argument("--budget", type=float, default=170.0, help="seconds for all cases")
+    parser.add_argument("--dry-run", action="store_true", help="tiny CPU shapes")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    dry = args.dry_run
+    if not dry and not torch.cuda.is_available():
+        sys.exit("gpu/bench.py needs a CUDA GPU (or --dry-run)")
+    device = torch.device("cpu" if dry else "cuda")
+    clock = Clock(device, block_ms=2.0 if dry else 20.0, blocks=2 if dry else 7)
+    backends = ("native",) if dry else ("triton", "native")
+    f32, bf16 = torch.float32, torch.bfloat16
+    heads = ({"tiny": (8, 16, 5)} if dry else
+             {"CIFAR head": (128, 640, 10), "ImageNet head": (256, 2048, 1000)})
+    cases = [
+        ("he loss", lambda: bench_he_loss(clock, device, heads, (f32, bf16), backends)),
+        ("he loss large C", lambda: bench_large_classes(
+            clock, device, (4, 8, 300) if dry else (256, 512, 131072), backends)),
+        ("pgd_step", lambda: bench_pgd(clock, device, [(2, 3, 4, 4)] if dry else
+                                       [(128, 3, 32, 32), (256, 3, 224, 224)], (f32, bf16),
+                                       backends)),
+        ("AT step", lambda: bench_at_step(clock, device, ["small-cnn"] if dry else
+                                          ["preact-resnet18", "wrn-34-10"], 4 if dry else 128,
+                                          8 if dry else 32, 1 if dry else 3)),
+    ]
+    env = environment(device)
+    rows: List[Dict] = []
+    problems: List[str] = []
+    start = time.monotonic()
+    for name, run in cases:
+        if time.monotonic() - start > args.budget:
+            problems.append(f"{name}: skipped, out of the {args.budget:.0f} s budget")
+            continue
+        case_start = time.monotonic()
+        try:
+            rows += run()
+        except Exception as error:  # one failing case must not lose the others' figures
+            problems.append(f"{name}: {type(error).__name__}: {error}")
+            traceback.print_exc()
+        print(f"{name}: {time.monotonic() - case_start:.1f} s", flush=True)
+    with open(os.path.join(args.out, "bench.json"), "w", encoding="utf-8") as f:
+        json.dump({"environment": env, "rows": rows, "problems": problems}, f, indent=1)
+    table = markdown(env, rows, problems)
+    with open(os.path.join(args.out, "bench.md"), "w", encoding="utf-8") as f:
+        f.write(table)
+    print(table)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
