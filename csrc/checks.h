@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "budgets.h"
+
 namespace heat_fast {
 
 inline bool is_float_dtype(at::ScalarType t) {
@@ -76,64 +78,67 @@ inline void check_he_backward(const at::Tensor& grad_rows, const at::Tensor& fea
   check_shape(weight_norms, "weight_norms", {classes});
 }
 
-inline void check_per_sample(const at::Tensor& t, const char* name, const at::Tensor& like) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be a float32 tensor, got ",
-              t.scalar_type());
-  check_shape(t, name, {like.size(0)});
-  check_on(t, name, like.device());
-}
-
 inline void check_pgd_norm(const std::string& norm) {
-  TORCH_CHECK(norm == "linf" || norm == "l2", "norm must be 'linf' or 'l2', got '", norm, "'");
+  TORCH_CHECK_VALUE(norm == "linf" || norm == "l2", "norm must be 'linf' or 'l2', got '", norm,
+                    "'");
 }
 
-inline void check_box(double clip_min, double clip_max) {
-  TORCH_CHECK(clip_min <= clip_max, "clip_min must be <= clip_max, got ", clip_min, " > ",
-              clip_max);
+// out: a contiguous (B, ...) tensor with B >= 1, written in its own dtype.
+inline void check_pgd_out(const at::Tensor& out) {
+  check_float(out, "out");
+  TORCH_CHECK_VALUE(out.dim() >= 1 && out.size(0) >= 1,
+                    "out must have shape (B, ...) with B >= 1, got ", out.sizes());
+  TORCH_CHECK_VALUE(out.is_contiguous(), "out must be contiguous");
 }
 
-// out is written in its own dtype; the other tensors share its shape (B, ...), B >= 1.
-inline void check_pgd_step(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor& grad,
+// The images and budgets of pgd_step_ (heat_fast/ops/pgd.py); budgets: csrc/budgets.h.
+inline void check_pgd_step(const at::Tensor& out, const at::Tensor& start, const at::Tensor& grad,
                            const at::Tensor& x_nat, const at::Tensor& eps,
-                           const at::Tensor& alpha, const std::string& norm, double clip_min,
-                           double clip_max) {
+                           const at::Tensor& alpha, const at::Tensor& clip_lo,
+                           const at::Tensor& clip_hi, const std::string& norm) {
+  check_pgd_out(out);
   const std::pair<const at::Tensor*, const char*> images[] = {
-      {&out, "out"}, {&x_adv, "x_adv"}, {&grad, "grad"}, {&x_nat, "x_nat"}};
-  TORCH_CHECK(out.dim() >= 1 && out.size(0) >= 1, "out must have shape (B, ...) with B >= 1, got ",
-              out.sizes());
+      {&start, "start"}, {&grad, "grad"}, {&x_nat, "x_nat"}};
   for (const auto& [t, name] : images) {
     check_float(*t, name);
     check_on(*t, name, out.device());
     check_shape(*t, name, out.sizes());
   }
-  TORCH_CHECK(x_adv.scalar_type() == out.scalar_type(), "out must have x_adv's dtype ",
-              x_adv.scalar_type(), ", got ", out.scalar_type());
-  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
-  check_per_sample(eps, "eps", out);
-  check_per_sample(alpha, "alpha", out);
+  TORCH_CHECK_VALUE(start.scalar_type() == out.scalar_type(), "out must have start's dtype ",
+                    start.scalar_type(), ", got ", out.scalar_type());
   check_pgd_norm(norm);
-  check_box(clip_min, clip_max);
+  const double zero = 0;
+  const bool l2 = norm == "l2";
+  check_budget(eps, "eps", out, l2, &zero, false);
+  check_budget(alpha, "alpha", out, l2, &zero, true);
+  check_budget(clip_lo, "clip_lo", out, false, nullptr, false);
+  check_budget(clip_hi, "clip_hi", out, false, nullptr, false);
+  if (is_host_scalar(clip_lo) && is_host_scalar(clip_hi)) {
+    TORCH_CHECK_VALUE(clip_lo.item<double>() <= clip_hi.item<double>(),
+                      "clip_lo must be <= clip_hi, got ", clip_lo.item<double>(), " > ",
+                      clip_hi.item<double>());
+  }
 }
 
 inline void check_random_init(const at::Tensor& out, const at::Tensor& x_nat,
-                              const at::Tensor& eps, const at::Tensor& seed,
-                              const std::string& norm, double clip_min, double clip_max) {
-  TORCH_CHECK(out.dim() >= 1 && out.size(0) >= 1, "out must have shape (B, ...) with B >= 1, got ",
-              out.sizes());
-  check_float(out, "out");
+                              const at::Tensor& eps, const at::Tensor& clip_lo,
+                              const at::Tensor& clip_hi, const at::Tensor& seed,
+                              const std::string& norm) {
+  check_pgd_out(out);
   check_float(x_nat, "x_nat");
   check_on(x_nat, "x_nat", out.device());
   check_shape(x_nat, "x_nat", out.sizes());
-  TORCH_CHECK(out.scalar_type() == x_nat.scalar_type(), "out must have x_nat's dtype ",
-              x_nat.scalar_type(), ", got ", out.scalar_type());
-  TORCH_CHECK(out.is_contiguous(), "out must be contiguous");
-  check_per_sample(eps, "eps", out);
-  TORCH_CHECK(seed.dim() == 0 && seed.scalar_type() == at::kLong,
-              "seed must be a 0-dim int64 tensor, got ", seed.scalar_type(), " of shape ",
-              seed.sizes());
-  check_on(seed, "seed", out.device());
+  TORCH_CHECK_VALUE(out.scalar_type() == x_nat.scalar_type(), "out must have x_nat's dtype ",
+                    x_nat.scalar_type(), ", got ", out.scalar_type());
   check_pgd_norm(norm);
-  check_box(clip_min, clip_max);
+  const double zero = 0;
+  check_budget(eps, "eps", out, norm == "l2", &zero, false);
+  check_budget(clip_lo, "clip_lo", out, false, nullptr, false);
+  check_budget(clip_hi, "clip_hi", out, false, nullptr, false);
+  TORCH_CHECK_VALUE(seed.dim() == 0 && seed.scalar_type() == at::kLong,
+                    "seed must be a 0-dim int64 tensor, got ", seed.scalar_type(), " of shape ",
+                    seed.sizes());
+  check_on(seed, "seed", out.device());
 }
 
 }  // namespace heat_fast

@@ -29,11 +29,11 @@ TORCH_LIBRARY(heat_fast_C, m) {
       "Tensor feature_norms, Tensor weight_norms, bool feature_norm, bool weight_norm) "
       "-> (Tensor d_features, Tensor d_weight)");
   m.def(
-      "pgd_step_(Tensor(a!) out, Tensor x_adv, Tensor grad, Tensor x_nat, Tensor eps, "
-      "Tensor alpha, str norm, float clip_min, float clip_max) -> ()");
+      "pgd_step_(Tensor(a!) out, Tensor start, Tensor grad, Tensor x_nat, Tensor eps, "
+      "Tensor alpha, Tensor clip_lo, Tensor clip_hi, str norm, bool delta) -> ()");
   m.def(
-      "random_init_(Tensor(a!) out, Tensor x_nat, Tensor eps, Tensor seed, str norm, "
-      "float clip_min, float clip_max) -> ()");
+      "random_init_(Tensor(a!) out, Tensor x_nat, Tensor eps, Tensor clip_lo, Tensor clip_hi, "
+      "Tensor seed, str norm) -> ()");
 }
 
 namespace {

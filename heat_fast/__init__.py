@@ -1,7 +1,7 @@
 """heat_fast: fast adversarial training with hypersphere embedding (HE).
 
 Public ops (SPEC §2): :func:`he_logits`, :func:`he_cross_entropy`, :func:`pgd_step`,
-:func:`random_init`; modules :class:`HELinear`, :class:`HECrossEntropyLoss`. Every op takes
+:func:`pgd_delta_step`, :func:`random_init`; modules :class:`HELinear`, :class:`HECrossEntropyLoss`. Every op takes
 ``backend="auto" | "reference" | "triton" | "native"``.
 """
 from heat_fast.nn import HECrossEntropyLoss, HELinear
@@ -10,6 +10,7 @@ from heat_fast.ops import (
     BackendUnavailableError,
     he_cross_entropy,
     he_logits,
+    pgd_delta_step,
     pgd_step,
     random_init,
     resolve_backend,
@@ -19,6 +20,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "HECrossEntropyLoss", "HELinear",
-    "he_cross_entropy", "he_logits", "pgd_step", "random_init", "resolve_backend",
+    "he_cross_entropy", "he_logits", "pgd_delta_step", "pgd_step", "random_init",
+    "resolve_backend",
     "__version__",
 ]

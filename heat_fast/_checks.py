@@ -8,15 +8,12 @@ that the ops never synchronise with the host.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple
 
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
-NORMS = ("linf", "l2")
 REDUCTIONS = ("mean", "sum", "none")
-
-Budget = Union[float, int, torch.Tensor]
 
 
 def _host_checkable(t: torch.Tensor) -> bool:
@@ -122,9 +119,10 @@ def check_reduction(reduction: str) -> None:
 
 
 def check_norm(norm: str) -> str:
-    if not isinstance(norm, str) or norm.lower() not in NORMS:
-        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    return norm.lower()
+    """'linf' or 'l2' from any of their spellings (heat_fast._budgets.canonical_norm)."""
+    from heat_fast._budgets import canonical_norm
+
+    return canonical_norm(norm)
 
 
 def check_clip(clip: Optional[Sequence[float]]) -> Tuple[float, float]:
@@ -138,33 +136,6 @@ def check_clip(clip: Optional[Sequence[float]]) -> Tuple[float, float]:
     if not lo <= hi:
         raise ValueError(f"clip must satisfy lo <= hi, got {clip!r}")
     return lo, hi
-
-
-def per_sample(name: str, value: Budget, like: torch.Tensor) -> torch.Tensor:
-    """Turn a float or a (B,) tensor budget into a float32 (B,) tensor on like's device."""
-    batch = like.shape[0]
-    if isinstance(value, torch.Tensor):
-        if value.dim() == 0:
-            value = value.reshape(1).expand(batch)
-        if value.dim() != 1 or value.shape[0] != batch:
-            raise ValueError(
-                f"{name} must be a float or a tensor of shape ({batch},), got shape {tuple(value.shape)}"
-            )
-        if value.device != like.device:
-            raise ValueError(f"{name} must be on {like.device}, got {value.device}")
-        if not value.dtype.is_floating_point:
-            value = value.float()
-        if _host_checkable(value):
-            if bool((value < 0).any()) or bool(value.isnan().any()):
-                raise ValueError(f"{name} must be >= 0 for every sample, got {value.tolist()}")
-        else:
-            torch._assert_async((value >= 0).all(), f"{name} must be >= 0 for every sample")
-        return value.to(torch.float32).contiguous()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a float or a tensor of shape ({batch},), got {type(value).__name__}")
-    if not float(value) >= 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return torch.full((batch,), float(value), dtype=torch.float32, device=like.device)
 
 
 def check_generator(generator: Optional[torch.Generator], like: torch.Tensor) -> None:
@@ -182,25 +153,3 @@ def check_generator(generator: Optional[torch.Generator], like: torch.Tensor) ->
             f"generator is on {device} but x_nat is on {like.device}: pass "
             f"torch.Generator(device={str(like.device)!r})"
         )
-
-
-def check_pgd_inputs(x_adv: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor,
-                     out: Optional[torch.Tensor] = None) -> None:
-    """x_adv, grad, x_nat (and out) share one shape (B, ...) with B >= 1 and one device."""
-    for name, t in (("x_adv", x_adv), ("grad", grad), ("x_nat", x_nat)):
-        check_float(name, t)
-    if x_adv.dim() < 1 or x_adv.shape[0] < 1:
-        raise ValueError(f"x_adv must have shape (B, ...) with B >= 1, got {tuple(x_adv.shape)}")
-    for name, t in (("grad", grad), ("x_nat", x_nat)):
-        if t.shape != x_adv.shape:
-            raise ValueError(
-                f"{name} must have the shape of x_adv {tuple(x_adv.shape)}, got {tuple(t.shape)}"
-            )
-    if out is not None:
-        check_float("out", out)
-        if out.shape != x_adv.shape or out.dtype != x_adv.dtype:
-            raise ValueError(
-                f"out must match x_adv in shape {tuple(x_adv.shape)} and dtype {x_adv.dtype}, "
-                f"got {tuple(out.shape)} {out.dtype}"
-            )
-    check_same_device(x_adv=x_adv, grad=grad, x_nat=x_nat, out=out)

@@ -104,11 +104,11 @@ def _register_fakes() -> None:
         return torch.empty_like(features), torch.empty_like(weight)
 
     @torch.library.register_fake("heat_fast_C::pgd_step_")
-    def _(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max):
+    def _(out, start, grad, x_nat, eps, alpha, clip_lo, clip_hi, norm, delta):
         return None
 
     @torch.library.register_fake("heat_fast_C::random_init_")
-    def _(out, x_nat, eps, seed, norm, clip_min, clip_max):
+    def _(out, x_nat, eps, clip_lo, clip_hi, seed, norm):
         return None
 
 
@@ -192,13 +192,14 @@ def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos
                                          weight_norms, feature_norm, weight_norm)
 
 
-def pgd_step_(out: Tensor, x_adv: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,
-              alpha: Tensor, norm: str, clip_min: float, clip_max: float) -> None:
-    """Writes the projected step into out (which may be x_adv); see heat_fast.ops.pgd."""
-    _ops().pgd_step_.default(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max)
+def pgd_step_(out: Tensor, start: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,
+              alpha: Tensor, clip_lo: Tensor, clip_hi: Tensor, norm: str, delta: bool) -> None:
+    """Writes the projected step of start into out (which may be an input); see
+    heat_fast.ops.pgd."""
+    _ops().pgd_step_.default(out, start, grad, x_nat, eps, alpha, clip_lo, clip_hi, norm, delta)
 
 
-def random_init_(out: Tensor, x_nat: Tensor, eps: Tensor, seed: Tensor, norm: str,
-                 clip_min: float, clip_max: float) -> None:
+def random_init_(out: Tensor, x_nat: Tensor, eps: Tensor, clip_lo: Tensor, clip_hi: Tensor,
+                 seed: Tensor, norm: str) -> None:
     """Writes a random start drawn from seed into out; see heat_fast.ops.pgd."""
-    _ops().random_init_.default(out, x_nat, eps, seed, norm, clip_min, clip_max)
+    _ops().random_init_.default(out, x_nat, eps, clip_lo, clip_hi, seed, norm)

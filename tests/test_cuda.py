@@ -232,10 +232,24 @@ def test_pgd_step_non_contiguous_and_misaligned(backend):
 def test_pgd_step_opcheck(backend):
     need(backend)
     x_adv, grad, x_nat = pgd_inputs((3, 4, 5), seed=3)
-    eps = torch.full((3,), 0.1, device=DEVICE)
+    eps = torch.full((3, 1, 1), 0.1, device=DEVICE)
+    box = (torch.tensor(0.0), torch.tensor(1.0))
     for norm in ("linf", "l2"):
-        torch.library.opcheck(pgd_step_op, (x_adv.clone(), x_adv, grad, x_nat, eps, eps * 0.3,
-                                            norm, 0.0, 1.0, backend))
+        for delta in (False, True):
+            torch.library.opcheck(pgd_step_op, (x_adv.clone(), x_adv, grad, x_nat, eps, eps * 0.3,
+                                                *box, norm, delta, backend))
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_pgd_per_channel_budgets_and_delta_form(backend):
+    need(backend)
+    x_adv, grad, x_nat = pgd_inputs((64, 3, 32, 32), seed=16)
+    std = torch.tensor([0.2471, 0.2435, 0.2616], device=DEVICE).reshape(3, 1, 1)
+    eps, alpha, lo, hi = (8 / 255) / std, (2 / 255) / std, -1.9 / std * 0.5, 1.0 / std
+    for fn, start in ((hf.pgd_step, x_adv), (hf.pgd_delta_step, x_adv - x_nat)):
+        ref = fn(start, grad, x_nat, eps, alpha, clip=(lo, hi), backend="reference")
+        assert_step_matches(fn(start, grad, x_nat, eps, alpha, clip=(lo, hi), backend=backend),
+                            ref, x_nat, eps)
 
 
 @pytest.mark.parametrize("backend", FAST)

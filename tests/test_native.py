@@ -62,6 +62,14 @@ def image_batch(shape, dtype=torch.float32, seed=0):
     return x_adv.to(dtype), grad.to(dtype), x_nat.to(dtype)
 
 
+BOX = (torch.tensor(0.0), torch.tensor(1.0))  # the clip box as the ops take it: 0-d budgets
+
+
+def rows(budget, like):
+    """A (B,) per-sample budget as the ops take it: (B, 1, ..., 1), broadcasting to like."""
+    return budget.reshape((-1,) + (1,) * (like.dim() - 1))
+
+
 def budgets(batch, eps=0.05, alpha=0.01):
     return torch.full((batch,), eps), torch.full((batch,), alpha)
 
@@ -91,10 +99,13 @@ def test_opcheck_he_ops(ops, dtype, options):
 def test_opcheck_pgd_ops(ops, dtype, norm):
     x_adv, grad, x_nat = image_batch((3, 2, 5), dtype, seed=2)
     eps, alpha = budgets(3)
-    torch.library.opcheck(ops.pgd_step_.default,
-                          (torch.empty_like(x_adv), x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0))
+    for delta in (False, True):
+        torch.library.opcheck(ops.pgd_step_.default,
+                              (torch.empty_like(x_adv), x_adv, grad, x_nat, rows(eps, x_adv),
+                               rows(alpha, x_adv), *BOX, norm, delta))
     torch.library.opcheck(ops.random_init_.default,
-                          (torch.empty_like(x_nat), x_nat, eps, torch.tensor(7), norm, 0.0, 1.0))
+                          (torch.empty_like(x_nat), x_nat, rows(eps, x_nat), *BOX, torch.tensor(7),
+                           norm))
 
 
 def test_direct_op_is_differentiable(ops):
@@ -132,12 +143,15 @@ def test_kernel_errors_name_the_argument(ops):
         ops.he_ce_forward(x, w, y.int(), 15.0, 0.2, 0.0, True, True)
     x_adv, grad, x_nat = image_batch((3, 4))
     eps, alpha = budgets(3)
-    with pytest.raises(RuntimeError, match="norm"):
-        ops.pgd_step_(torch.empty_like(x_adv), x_adv, grad, x_nat, eps, alpha, "l1", 0.0, 1.0)
-    with pytest.raises(RuntimeError, match="alpha"):
-        ops.pgd_step_(torch.empty_like(x_adv), x_adv, grad, x_nat, eps, alpha[:2], "linf", 0.0, 1.0)
-    with pytest.raises(RuntimeError, match="seed"):
-        ops.random_init_(torch.empty_like(x_nat), x_nat, eps, torch.tensor([1]), "linf", 0.0, 1.0)
+    with pytest.raises(ValueError, match="norm"):
+        ops.pgd_step_(torch.empty_like(x_adv), x_adv, grad, x_nat, rows(eps, x_adv),
+                      rows(alpha, x_adv), *BOX, "l1", False)
+    with pytest.raises(ValueError, match="alpha"):
+        ops.pgd_step_(torch.empty_like(x_adv), x_adv, grad, x_nat, rows(eps, x_adv),
+                      rows(alpha[:2], x_adv), *BOX, "linf", False)
+    with pytest.raises(ValueError, match="seed"):
+        ops.random_init_(torch.empty_like(x_nat), x_nat, rows(eps, x_nat), *BOX,
+                         torch.tensor([1]), "linf")
 
 
 # ---- build metadata and availability --------------------------------------------------------
@@ -261,9 +275,10 @@ def _native_outputs(ops):
         eps, alpha = budgets(shape[0])
         for norm in ("linf", "l2"):
             out = torch.empty_like(x_adv)
-            ops.pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0)
+            ops.pgd_step_(out, x_adv, grad, x_nat, rows(eps, x_adv), rows(alpha, x_adv), *BOX,
+                          norm, False)
             start = torch.empty_like(x_nat)
-            ops.random_init_(start, x_nat, eps, torch.tensor(11), norm, 0.0, 1.0)
+            ops.random_init_(start, x_nat, rows(eps, x_nat), *BOX, torch.tensor(11), norm)
             outputs += [out, start]
     return outputs
 
@@ -482,8 +497,9 @@ def test_empty_samples(ops):
     eps, alpha = budgets(2)
     for norm in ("linf", "l2"):
         out = torch.empty(2, 0)
-        ops.pgd_step_(out, x_adv, grad, x_nat, eps, alpha, norm, 0.0, 1.0)
-        ops.random_init_(out, x_nat, eps, torch.tensor(1), norm, 0.0, 1.0)
+        ops.pgd_step_(out, x_adv, grad, x_nat, rows(eps, x_adv), rows(alpha, x_adv), *BOX, norm,
+                      False)
+        ops.random_init_(out, x_nat, rows(eps, x_nat), *BOX, torch.tensor(1), norm)
 
 
 def test_linf_step_is_bitwise_the_reference(ops):
@@ -515,7 +531,8 @@ def test_random_init_is_a_function_of_the_seed(ops, norm):
 
     def start(seed):
         out = torch.empty_like(x_nat)
-        ops.random_init_(out, x_nat, eps, torch.tensor(seed), norm, float("-inf"), float("inf"))
+        ops.random_init_(out, x_nat, rows(eps, x_nat), torch.tensor(float("-inf")),
+                         torch.tensor(float("inf")), torch.tensor(seed), norm)
         return out
 
     first, again, other = start(5), start(5), start(6)

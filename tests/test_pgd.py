@@ -162,11 +162,14 @@ def test_random_init_distribution(backend):
 def test_opcheck(fast_backend):
     x_adv, grad, x_nat = make_batch((3, 2, 5), seed=9)
     eps, alpha = per_sample_budgets(3)
+    lo, hi = torch.tensor(0.0), torch.tensor(1.0)
+    eps, alpha = eps.reshape(3, 1, 1), alpha.reshape(3, 1, 1)
     for norm in ("linf", "l2"):
-        torch.library.opcheck(pgd_step_op, (torch.empty_like(x_adv), x_adv, grad, x_nat, eps,
-                                            alpha, norm, 0.0, 1.0, fast_backend))
-        torch.library.opcheck(random_init_op, (torch.empty_like(x_nat), x_nat, eps,
-                                               torch.tensor(123), norm, 0.0, 1.0, fast_backend))
+        for delta in (False, True):
+            torch.library.opcheck(pgd_step_op, (torch.empty_like(x_adv), x_adv, grad, x_nat, eps,
+                                                alpha, lo, hi, norm, delta, fast_backend))
+        torch.library.opcheck(random_init_op, (torch.empty_like(x_nat), x_nat, eps, lo, hi,
+                                               torch.tensor(123), norm, fast_backend))
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton", "native"])

@@ -10,7 +10,11 @@
 
 #include <cstdint>
 
+#include "../budget.h"
+
 namespace heat_fast::cuda {
+
+using heat_fast::Budget;
 
 enum class DType { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
@@ -78,19 +82,19 @@ struct GradSide {
 cudaError_t finalize_grads(const GradSide& features, const GradSide& weight, int64_t cols,
                            DType acc, double lo_weight, cudaStream_t stream);
 
-// The projected step on batch × numel images (heat_fast.ops.pgd contract). x_adv, grad and
-// x_nat share `in_dtype`; out (`out_dtype`) may alias x_adv. eps and alpha: float32 (batch,).
+// The projected step on batch × numel images (heat_fast.ops.pgd contract), from x_adv
+// (position form) or from δ (`delta`). start, grad and x_nat share `in_dtype`; out
+// (`out_dtype`) may alias any of them. Budgets: csrc/budget.h (device pointers).
 struct StepArgs {
   void* out;
   DType out_dtype;
-  const void* x_adv;
+  const void* start;
   const void* grad;
   const void* x_nat;
   DType in_dtype;
-  const float* eps;
-  const float* alpha;
+  Budget eps, alpha, lo, hi;
   int64_t batch, numel;
-  double clip_min, clip_max;
+  bool delta;
 };
 
 // Doubles of workspace (per-sample partial sums) the L2 step and the L2 random start need.
@@ -104,10 +108,9 @@ struct RandomArgs {
   void* out;
   const void* x_nat;
   DType dtype;
-  const float* eps;
+  Budget eps, lo, hi;
   const int64_t* seed;
   int64_t batch, numel;
-  double clip_min, clip_max;
 };
 
 cudaError_t random_init_linf(const RandomArgs& args, cudaStream_t stream);

@@ -150,27 +150,31 @@ at::Tensor l2_workspace(const at::Tensor& like) {
                    like.options().dtype(at::kDouble));
 }
 
-void pgd_step_(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor& grad,
+void pgd_step_(const at::Tensor& out, const at::Tensor& start, const at::Tensor& grad,
                const at::Tensor& x_nat, const at::Tensor& eps, const at::Tensor& alpha,
-               std::string norm, double clip_min, double clip_max) {
-  check_pgd_step(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max);
+               const at::Tensor& clip_lo, const at::Tensor& clip_hi, std::string norm,
+               bool delta) {
+  check_pgd_step(out, start, grad, x_nat, eps, alpha, clip_lo, clip_hi, norm);
   if (out.numel() == 0) {
     return;
   }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::cuda::CUDAGuard guard(out.device());
   const bool same = grad.scalar_type() == out.scalar_type() &&
-                    x_nat.scalar_type() == out.scalar_type();
+                    x_nat.scalar_type() == out.scalar_type() &&
+                    start.scalar_type() == out.scalar_type();
   const at::ScalarType in_dtype = same ? out.scalar_type() : math_dtype(out);
-  const at::Tensor xa = x_adv.to(in_dtype).contiguous();
+  const at::Tensor s = start.to(in_dtype).contiguous();
   const at::Tensor g = grad.to(in_dtype).contiguous();
   const at::Tensor xn = x_nat.to(in_dtype).contiguous();
-  const at::Tensor e = eps.contiguous();
-  const at::Tensor a = alpha.contiguous();
-  const StepArgs args{out.mutable_data_ptr(), dtype_of(out.scalar_type()), xa.const_data_ptr(),
-                      g.const_data_ptr(), xn.const_data_ptr(), dtype_of(in_dtype),
-                      e.const_data_ptr<float>(), a.const_data_ptr<float>(), out.size(0),
-                      out.numel() / out.size(0), clip_min, clip_max};
+  const BudgetTensor e = make_budget(eps, out.sizes());
+  const BudgetTensor a = make_budget(alpha, out.sizes());
+  const BudgetTensor lo = make_budget(clip_lo, out.sizes());
+  const BudgetTensor hi = make_budget(clip_hi, out.sizes());
+  const StepArgs args{out.mutable_data_ptr(), dtype_of(out.scalar_type()), s.const_data_ptr(),
+                      g.const_data_ptr(), xn.const_data_ptr(), dtype_of(in_dtype), e.budget,
+                      a.budget, lo.budget, hi.budget, out.size(0), out.numel() / out.size(0),
+                      delta};
   if (norm == "linf") {
     check_launch(pgd_step_linf(args, current_stream()), "pgd_step_");
   } else {
@@ -181,18 +185,21 @@ void pgd_step_(const at::Tensor& out, const at::Tensor& x_adv, const at::Tensor&
 }
 
 void random_init_(const at::Tensor& out, const at::Tensor& x_nat, const at::Tensor& eps,
-                  const at::Tensor& seed, std::string norm, double clip_min, double clip_max) {
-  check_random_init(out, x_nat, eps, seed, norm, clip_min, clip_max);
+                  const at::Tensor& clip_lo, const at::Tensor& clip_hi, const at::Tensor& seed,
+                  std::string norm) {
+  check_random_init(out, x_nat, eps, clip_lo, clip_hi, seed, norm);
   if (out.numel() == 0) {
     return;
   }
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const c10::cuda::CUDAGuard guard(out.device());
   const at::Tensor xn = x_nat.contiguous();
-  const at::Tensor e = eps.contiguous();
+  const BudgetTensor e = make_budget(eps, out.sizes());
+  const BudgetTensor lo = make_budget(clip_lo, out.sizes());
+  const BudgetTensor hi = make_budget(clip_hi, out.sizes());
   const RandomArgs args{out.mutable_data_ptr(), xn.const_data_ptr(), dtype_of(out.scalar_type()),
-                        e.const_data_ptr<float>(), seed.const_data_ptr<int64_t>(), out.size(0),
-                        out.numel() / out.size(0), clip_min, clip_max};
+                        e.budget, lo.budget, hi.budget, seed.const_data_ptr<int64_t>(),
+                        out.size(0), out.numel() / out.size(0)};
   if (norm == "linf") {
     check_launch(random_init_linf(args, current_stream()), "random_init_");
   } else {

@@ -1,9 +1,9 @@
 """Public ops with backend dispatch; see heat_fast.ops.dispatch for how a backend is chosen."""
 from heat_fast.ops.dispatch import BACKENDS, BackendUnavailableError, resolve_backend
 from heat_fast.ops.he_loss import he_cross_entropy, he_logits
-from heat_fast.ops.pgd import pgd_step, random_init
+from heat_fast.ops.pgd import pgd_delta_step, pgd_step, random_init
 
 __all__ = [
     "BACKENDS", "BackendUnavailableError", "resolve_backend",
-    "he_cross_entropy", "he_logits", "pgd_step", "random_init",
+    "he_cross_entropy", "he_logits", "pgd_delta_step", "pgd_step", "random_init",
 ]

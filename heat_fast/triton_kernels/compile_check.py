@@ -196,10 +196,14 @@ def inspect_kernel(kernel, arch: int) -> Dict[str, object]:
 
 
 def _summary(error: Exception) -> str:
-    """The error's type, the kernel line it points at and its message's last line."""
+    """The error's type, the kernel line it points at and the innermost cause's message."""
     lines = [line for line in str(error).splitlines() if line.strip()]
     where = next((line.strip() for line in lines if line.startswith("at ")), "")
-    last = lines[-1].strip() if lines else ""
+    cause = error
+    while cause.__cause__ is not None:
+        cause = cause.__cause__
+    message = [line for line in str(cause).splitlines() if line.strip() and line.strip() != "^"]
+    last = message[-1].strip() if message else type(cause).__name__
     return " ".join(part for part in (type(error).__name__, where, last) if part)
 
 
@@ -252,16 +256,22 @@ def _he_case(name: str, batch: int, dim: int, classes: int, x_dtype: torch.dtype
     return Case(name, run, tensor_cores=sixteen, min_programs=min_programs)
 
 
-def _pgd_case(name: str, shape: Tuple[int, ...], dtype: torch.dtype, norm: str) -> Case:
+def _pgd_case(name: str, shape: Tuple[int, ...], dtype: torch.dtype, norm: str,
+              per_channel: bool = False, delta: bool = False) -> Case:
+    """pgd_step (position or delta form) and random_init as heat_fast.ops.pgd calls them:
+    per-sample eps and alpha with a scalar box, or per-channel budgets and box."""
     def run() -> None:
         from heat_fast.triton_kernels import pgd
 
         x = torch.empty(shape, dtype=dtype)
-        per_sample = torch.empty(shape[0], dtype=torch.float32)
-        pgd.pgd_step_(x, x, torch.empty_like(x), torch.empty_like(x), per_sample, per_sample,
-                      norm, 0.0, 1.0)
-        pgd.random_init_(x, torch.empty_like(x), per_sample, torch.zeros((), dtype=torch.int64),
-                         norm, 0.0, 1.0)
+        per_sample = torch.empty((shape[0],) + (1,) * (len(shape) - 1), dtype=torch.float32)
+        channel = torch.empty((shape[1],) + (1,) * (len(shape) - 2), dtype=torch.float32)
+        lo, hi = (channel, channel) if per_channel else (torch.tensor(0.0), torch.tensor(1.0))
+        eps = channel if per_channel and norm == "linf" else per_sample
+        pgd.pgd_step_(x, x, torch.empty_like(x), torch.empty_like(x), eps, eps, lo, hi, norm,
+                      delta)
+        pgd.random_init_(x, torch.empty_like(x), eps, lo, hi, torch.zeros((), dtype=torch.int64),
+                         norm)
 
     return Case(name, run)
 
@@ -289,6 +299,10 @@ def default_cases() -> List[Case]:
         _he_case("he no FN no WN", 9, 20, 12, f16, feature_norm=False, weight_norm=False),
         _pgd_case("pgd linf float64", (3, 5), f64, "linf"),
         _pgd_case("pgd l2 float64", (3, 5), f64, "l2"),
+        _pgd_case("pgd linf per-channel delta 128x3x32x32", (128, 3, 32, 32), f32, "linf",
+                  per_channel=True, delta=True),
+        _pgd_case("pgd l2 per-channel box delta 4x3x224x224 bf16", (4, 3, 224, 224), bf16, "l2",
+                  per_channel=True, delta=True),
     ]
     return cases
 
