@@ -53,6 +53,17 @@ inline void check_he_forward(const at::Tensor& features, const at::Tensor& weigh
   check_on(target, "target", features.device());
 }
 
+// cos (B, C) with B >= 1 and C >= 2 cosines (or scaled cosines) and target (B,) int64.
+inline void check_cos_forward(const at::Tensor& cos, const at::Tensor& target) {
+  check_float(cos, "cos");
+  TORCH_CHECK_VALUE(cos.dim() == 2 && cos.size(0) >= 1 && cos.size(1) >= 2,
+                    "cos must have shape (B, C) with B >= 1 and C >= 2, got ", cos.sizes());
+  TORCH_CHECK_TYPE(target.scalar_type() == at::kLong, "target must be int64, got ",
+                   target.scalar_type());
+  check_shape(target, "target", {cos.size(0)});
+  check_on(target, "target", cos.device());
+}
+
 inline void check_he_backward(const at::Tensor& grad_rows, const at::Tensor& features,
                               const at::Tensor& weight, const at::Tensor& grad_cos,
                               const at::Tensor& feature_norms, const at::Tensor& weight_norms) {

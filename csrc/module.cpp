@@ -25,6 +25,9 @@ TORCH_LIBRARY(heat_fast_C, m) {
       "float margin, float label_smoothing, bool feature_norm, bool weight_norm, "
       "int reduction) -> Tensor");
   m.def(
+      "cos_ce_forward(Tensor cos, Tensor target, float scale, float margin, "
+      "float label_smoothing) -> (Tensor loss_rows, Tensor grad_cos)");
+  m.def(
       "he_ce_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor grad_cos, "
       "Tensor feature_norms, Tensor weight_norms, bool feature_norm, bool weight_norm) "
       "-> (Tensor d_features, Tensor d_weight)");

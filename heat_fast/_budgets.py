@@ -14,6 +14,7 @@ eps may be +inf (no projection), alpha must be finite, clip bounds may be ±inf 
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -37,7 +38,7 @@ def canonical_norm(norm: str) -> str:
 
 
 def _number(name: str, value, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be {what}, got {type(value).__name__} {value!r}")
     return float(value)
 

@@ -8,6 +8,7 @@ that the ops never synchronise with the host.
 """
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -104,12 +105,30 @@ def check_he_inputs(
     return check_target(target, batch, classes, check_labels)
 
 
+def check_cos_inputs(cos: torch.Tensor, target: torch.Tensor,
+                     check_labels: bool = True) -> torch.Tensor:
+    """Cosines (B, C) with B >= 1 and C >= 2 and target (B,) in [0, C); returns target int64."""
+    check_float("cos", cos)
+    if cos.dim() != 2 or cos.shape[0] < 1 or cos.shape[1] < 2:
+        raise ValueError(f"cos must have shape (B, C) with B >= 1 and C >= 2, "
+                         f"got {tuple(cos.shape)}")
+    check_same_device(cos=cos, target=target if isinstance(target, torch.Tensor) else None)
+    return check_target(target, cos.shape[0], cos.shape[1], check_labels)
+
+
+def _real(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    return float(value)
+
+
 def check_scale_margin(scale: float, margin: float, label_smoothing: float = 0.0) -> None:
-    if not float(scale) > 0:
-        raise ValueError(f"scale must be > 0, got {scale}")
-    if not float(margin) >= 0:
-        raise ValueError(f"margin must be >= 0, got {margin}")
-    if not 0.0 <= float(label_smoothing) <= 1.0:
+    """s finite and > 0, m finite and >= 0, label smoothing in [0, 1]; all real numbers."""
+    if not 0 < _real("scale", scale) < float("inf"):
+        raise ValueError(f"scale must be > 0 and finite, got {scale}")
+    if not 0 <= _real("margin", margin) < float("inf"):
+        raise ValueError(f"margin must be >= 0 and finite, got {margin}")
+    if not 0.0 <= _real("label_smoothing", label_smoothing) <= 1.0:
         raise ValueError(f"label_smoothing must lie in [0, 1], got {label_smoothing}")
 
 

@@ -6,8 +6,9 @@ to load (for example one built for another torch) warns once and leaves the back
 unavailable, so ``backend="auto"`` falls back to the others. ``HEAT_FAST_DISABLE_NATIVE=1``
 makes the backend unavailable at run time.
 
-Kernel functions (contracts in heat_fast.ops.he_loss and heat_fast.ops.pgd):
-``he_ce_forward``, ``he_ce_backward``, ``pgd_step_`` and ``random_init_``; they call the
+Kernel functions (contracts in heat_fast.ops.he_loss, heat_fast.ops.cos_loss and
+heat_fast.ops.pgd): ``he_ce_forward``, ``he_ce_backward``, ``cos_ce_forward``, ``pgd_step_``
+and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
 ``he_cross_entropy`` is the whole differentiable loss, reduced inside the op
 ``heat_fast_C::he_cross_entropy``, whose autograd is C++ (no Python autograd wrapper).
@@ -91,6 +92,11 @@ def _register_fakes() -> None:
                 features.new_empty((batch, classes), dtype=dtype),
                 features.new_empty((batch,), dtype=dtype),
                 features.new_empty((classes,), dtype=dtype))
+
+    @torch.library.register_fake("heat_fast_C::cos_ce_forward")
+    def _(cos, target, scale, margin, label_smoothing):
+        dtype = stat_dtype(cos)
+        return cos.new_empty((cos.shape[0],), dtype=dtype), cos.new_empty(cos.shape, dtype=dtype)
 
     @torch.library.register_fake("heat_fast_C::he_cross_entropy")
     def _(features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm,
@@ -190,6 +196,12 @@ def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos
     """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss."""
     return _ops().he_ce_backward.default(grad_rows, features, weight, grad_cos, feature_norms,
                                          weight_norms, feature_norm, weight_norm)
+
+
+def cos_ce_forward(cos: Tensor, target: Tensor, scale: float, margin: float,
+                   label_smoothing: float) -> Tuple[Tensor, Tensor]:
+    """(loss_rows, grad_cos) of cosines (B, C); see heat_fast.ops.cos_loss."""
+    return _ops().cos_ce_forward.default(cos, target, scale, margin, label_smoothing)
 
 
 def pgd_step_(out: Tensor, start: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,

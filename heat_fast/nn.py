@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from heat_fast import _checks
-from heat_fast.ops import he_cross_entropy, he_logits
+from heat_fast.ops import cos_margin_cross_entropy, he_cross_entropy, he_logits
 
 
 class HELinear(nn.Module):
@@ -69,6 +69,29 @@ class HECrossEntropyLoss(nn.Module):
         return he_cross_entropy(features, weight, target, self.scale, self.margin,
                                 self.reduction, self.label_smoothing, self.feature_norm,
                                 self.weight_norm, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, margin={self.margin}, reduction={self.reduction!r}"
+
+
+class CosineMarginLoss(nn.Module):
+    """CE(s · (cos − m · onehot(y)), y) on cosines (B, C) a model already formed.
+
+    ``forward(cos (B, C), target (B,))``; see :func:`heat_fast.cos_margin_cross_entropy`.
+    """
+
+    def __init__(self, scale: float = 15.0, margin: float = 0.2, reduction: str = "mean",
+                 label_smoothing: float = 0.0, backend: str = "auto"):
+        super().__init__()
+        _checks.check_scale_margin(scale, margin, label_smoothing)
+        _checks.check_reduction(reduction)
+        self.scale, self.margin = float(scale), float(margin)
+        self.reduction, self.label_smoothing = reduction, float(label_smoothing)
+        self.backend = backend
+
+    def forward(self, cos: Tensor, target: Tensor) -> Tensor:
+        return cos_margin_cross_entropy(cos, target, self.scale, self.margin, self.reduction,
+                                        self.label_smoothing, self.backend)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, margin={self.margin}, reduction={self.reduction!r}"

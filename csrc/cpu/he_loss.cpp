@@ -336,9 +336,43 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> he_ce_forward_backward(
   return {h.loss, in_dtype(d_features, features), in_dtype(d_weight, weight)};
 }
 
+namespace {
+
+// The loss on cosines the model already formed (cos_margin_cross_entropy): one pass per row
+// of Kernels::ce_rows with both normalizations off, blocks of rows in parallel.
+std::tuple<at::Tensor, at::Tensor> cos_ce_forward(const at::Tensor& cos, const at::Tensor& target,
+                                                  double scale, double margin,
+                                                  double label_smoothing) {
+  check_cos_forward(cos, target);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
+  const at::Tensor c = cos.to(math_dtype(cos)).contiguous();
+  const at::Tensor labels = target.contiguous();
+  const int64_t batch = c.size(0);
+  const int64_t classes = c.size(1);
+  at::Tensor grad_cos = at::empty_like(c);
+  at::Tensor loss = at::empty({batch}, c.options());
+  const LossOptions options{scale, margin, label_smoothing, false, false};
+  with_kernels(c.scalar_type(), [&](auto acc_tag, auto kernels) {
+    using acc_t = decltype(acc_tag);
+    const Blocks rows = Blocks::halves(batch);
+    run_tasks(rows.count, [&](int64_t block) {
+      const int64_t first = rows.begin(block);
+      kernels.ce_rows(rows_of<acc_t>(c, first), classes, int64_t{1},
+                      rows_of<acc_t>(grad_cos, first), labels.const_data_ptr<int64_t>() + first,
+                      static_cast<const acc_t*>(nullptr), static_cast<const acc_t*>(nullptr),
+                      rows.length(block), classes, options, rows_of<acc_t>(loss, first));
+    });
+  });
+  return {loss, grad_cos};
+}
+
+}  // namespace
+
 TORCH_LIBRARY_IMPL(heat_fast_C, CPU, m) {
   m.impl("he_ce_forward", &he_ce_forward);
   m.impl("he_ce_backward", &he_ce_backward);
+  m.impl("cos_ce_forward", &cos_ce_forward);
 }
 
 }  // namespace heat_fast::cpu

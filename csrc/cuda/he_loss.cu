@@ -67,12 +67,12 @@ __global__ void ce_rows_kernel(acc_t* __restrict__ buf, const int64_t* __restric
   const auto m = static_cast<acc_t>(o.margin);
   const auto eps = static_cast<acc_t>(o.smoothing);
   const acc_t off_target = eps / static_cast<acc_t>(classes);
-  const acc_t inv_x = inverse_norm(feature_norms[b]);
+  const acc_t inv_x = feature_norms ? inverse_norm(feature_norms[b]) : acc_t(1);
 
   acc_t z_max = -INFINITY;
   acc_t z_sum = 0;
   for (int64_t j = threadIdx.x; j < classes; j += blockDim.x) {
-    const acc_t cos_j = z[j] * inv_x * inverse_norm(weight_norms[j]);
+    const acc_t cos_j = z[j] * inv_x * (weight_norms ? inverse_norm(weight_norms[j]) : acc_t(1));
     const acc_t v = s * (j == y ? cos_j - m : cos_j);
     z[j] = v;
     z_max = fmax(z_max, v);

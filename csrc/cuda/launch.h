@@ -31,7 +31,7 @@ struct LossOptions {
 };
 
 // In place on the batch × classes matrix `buf` of raw dots x_b · W_j: writes dloss/dcos and
-// loss[b] (heat_fast.ops.he_loss contract). A label outside [0, classes) fails a device
+// loss[b] (heat_fast.ops.he_loss contract); null norms are norms of 1 (`buf` holds cosines). A label outside [0, classes) fails a device
 // assert (the launch's stream reports cudaErrorAssert).
 cudaError_t ce_rows(void* buf, const int64_t* target, const void* feature_norms,
                     const void* weight_norms, int64_t batch, int64_t classes,

@@ -86,6 +86,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(
   return {loss, dots, feature_norms, weight_norms};
 }
 
+// The loss on cosines the model already formed: a float copy of them, then the per-row pass.
+std::tuple<at::Tensor, at::Tensor> cos_ce_forward(const at::Tensor& cos, const at::Tensor& target,
+                                                  double scale, double margin,
+                                                  double label_smoothing) {
+  check_cos_forward(cos, target);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
+  const c10::cuda::CUDAGuard guard(cos.device());
+  const at::ScalarType acc = math_dtype(cos);
+  at::Tensor grad_cos = at::empty(cos.sizes(), cos.options().dtype(acc));
+  grad_cos.copy_(cos);  // never the caller's tensor: the pass below writes in place
+  const at::Tensor labels = target.contiguous();
+  at::Tensor loss = at::empty({cos.size(0)}, grad_cos.options());
+  const LossOptions options{scale, margin, label_smoothing, false, false};
+  check_launch(ce_rows(grad_cos.mutable_data_ptr(), labels.const_data_ptr<int64_t>(), nullptr,
+                       nullptr, cos.size(0), cos.size(1), options, dtype_of(acc),
+                       loss.mutable_data_ptr(), current_stream()),
+               "cos_ce_forward");
+  return {loss, grad_cos};
+}
+
 // Backward: the GEMM operands P and Q (launch.h), the products P·W and Qᵀ·x (each as a high
 // and a low part for 16-bit inputs), then one pass that sums the parts, scales the rows and
 // applies the normalization backward, storing each gradient in its input's dtype.
@@ -214,6 +235,7 @@ void random_init_(const at::Tensor& out, const at::Tensor& x_nat, const at::Tens
 TORCH_LIBRARY_IMPL(heat_fast_C, CUDA, m) {
   m.impl("he_ce_forward", &he_ce_forward);
   m.impl("he_ce_backward", &he_ce_backward);
+  m.impl("cos_ce_forward", &cos_ce_forward);
   m.impl("pgd_step_", &pgd_step_);
   m.impl("random_init_", &random_init_);
 }

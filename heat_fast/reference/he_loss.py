@@ -4,7 +4,7 @@
     W̃_c = W_c / max(‖W_c‖, 1e-12)    (weight normalization, WN)
     cos θ = x̃ · W̃ᵀ
     logits = s · (cos θ − m · onehot(y))
-    L = CE(logits, y)
+    L = CE(logits, y)                  (cos_margin_cross_entropy, also for cosines a model forms)
 
 All math runs in float32, also inside torch.autocast (float64 stays float64, so gradcheck can
 use this path).
@@ -61,6 +61,23 @@ def he_logits(
     return scale * cos
 
 
+def cos_margin_cross_entropy(
+    cos: torch.Tensor,
+    target: torch.Tensor,
+    scale: float = 15.0,
+    margin: float = 0.2,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """CE(s · (cos − m · onehot(y)), y) of cosines (B, C) a model already formed; float32."""
+    _checks.check_reduction(reduction)
+    _checks.check_scale_margin(scale, margin, label_smoothing)
+    target = _checks.check_cos_inputs(cos, target)
+    dtype = _math_dtype(cos)
+    logits = scale * (cos.to(dtype) - margin * F.one_hot(target, cos.shape[1]).to(dtype))
+    return F.cross_entropy(logits, target, reduction=reduction, label_smoothing=label_smoothing)
+
+
 def he_cross_entropy(
     features: torch.Tensor,
     weight: torch.Tensor,
@@ -73,7 +90,5 @@ def he_cross_entropy(
     weight_norm: bool = True,
 ) -> torch.Tensor:
     """CE(s · (cos θ − m · onehot(y)), y): a float32 scalar, or (B,) for reduction="none"."""
-    _checks.check_reduction(reduction)
-    _checks.check_scale_margin(scale, margin, label_smoothing)
-    logits = he_logits(features, weight, scale, margin, target, feature_norm, weight_norm)
-    return F.cross_entropy(logits, target.long(), reduction=reduction, label_smoothing=label_smoothing)
+    cos = he_logits(features, weight, feature_norm=feature_norm, weight_norm=weight_norm)
+    return cos_margin_cross_entropy(cos, target, scale, margin, reduction, label_smoothing)

@@ -115,6 +115,7 @@ def _ce_rows_kernel(
     """Loss and dL/dcos of one row from the partial dots and squared norms (module docstring).
 
     ``gcos`` may be ``dots`` itself (one split): each element is read before it is written.
+    With both normalizations off and one split, ``dots`` may be the cosines themselves.
     """
     row = tl.program_id(0).to(tl.int64)
     y = tl.load(y_ptr + row)
@@ -124,10 +125,10 @@ def _ce_rows_kernel(
     eps = tl.cast(smoothing, ACC)
     lanes = tl.arange(0, BLOCK_C)
 
-    xsq = tl.load(xsq_ptr + row)
-    for k in range(1, splits):
-        xsq += tl.load(xsq_ptr + k * B + row)
     if FEATURE_NORM:
+        xsq = tl.load(xsq_ptr + row)
+        for k in range(1, splits):
+            xsq += tl.load(xsq_ptr + k * B + row)
         nx = tl.sqrt(xsq)
     else:
         nx = tl.full((), 1.0, ACC)
@@ -142,11 +143,12 @@ def _ce_rows_kernel(
         cls = c0 + lanes
         ok = cls < C
         dot = tl.zeros((BLOCK_C,), dtype=ACC)
-        wsq = tl.zeros((BLOCK_C,), dtype=ACC)
         for k in range(0, splits):
-            dot += tl.load(dots_ptr + (k * B + row) * C + cls, mask=ok, other=0.0)
-            wsq += tl.load(wsq_ptr + k * C + cls, mask=ok, other=0.0)
+            dot += tl.load(dots_ptr + (k * B + row) * C + cls, mask=ok, other=0.0).to(ACC)
         if WEIGHT_NORM:
+            wsq = tl.zeros((BLOCK_C,), dtype=ACC)
+            for k in range(0, splits):
+                wsq += tl.load(wsq_ptr + k * C + cls, mask=ok, other=0.0)
             nw = tl.sqrt(wsq)
         else:
             nw = tl.full((BLOCK_C,), 1.0, ACC)
@@ -414,3 +416,21 @@ def he_ce_backward(
             ACC=tl_dtype(dtype), BLOCK_D=max(16, min(NORM_BLOCK_D, triton.next_power_of_2(dim))),
         )
     return d_features, d_weight
+
+
+def cos_ce_forward(cos: torch.Tensor, target: torch.Tensor, scale: float, margin: float,
+                   label_smoothing: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Kernel contract of heat_fast.ops.cos_loss: (loss_rows, grad_cos) from cosines (B, C)."""
+    batch, classes = cos.shape
+    dtype = acc_dtype(cos)
+    with on_device(cos):
+        loss = cos.new_empty((batch,), dtype=dtype)
+        grad_cos = cos.new_empty((batch, classes), dtype=dtype)
+        ones = cos.new_empty((batch + classes,), dtype=dtype)  # the norms it writes, all 1
+        _ce_rows_kernel[(batch,)](
+            cos, 1, ones, ones, target, loss, grad_cos, ones, ones[batch:], batch, classes,
+            float(scale), float(margin), float(label_smoothing), FEATURE_NORM=False,
+            WEIGHT_NORM=False, ACC=tl_dtype(dtype),
+            BLOCK_C=max(16, min(ROW_BLOCK_C, triton.next_power_of_2(classes))),
+        )
+    return loss, grad_cos
