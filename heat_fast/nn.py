@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -16,11 +16,13 @@ class HELinear(nn.Module):
 
     ``weight`` has shape (out_features, in_features). With the default scale 1 the module
     returns raw cosines, as the public HE code does (s and m live in the losses).
-    Output is float32 (float64 for float64 inputs).
+    ``weight_norm="project"`` keeps the stored weight unit-norm the way AT_HE's models do
+    (rows renormalized in place on every forward, no gradient through the normalization);
+    the default differentiates through it. Output is float32 (float64 for float64 inputs).
     """
 
     def __init__(self, in_features: int, out_features: int, scale: float = 1.0,
-                 feature_norm: bool = True, weight_norm: bool = True,
+                 feature_norm: bool = True, weight_norm: Union[bool, str] = True,
                  device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None):
         super().__init__()
         if in_features < 1 or out_features < 2:
@@ -31,6 +33,8 @@ class HELinear(nn.Module):
         self.in_features = in_features
         self.out_features = out_features
         self.scale = float(scale)
+        if weight_norm not in (True, False, "project"):
+            raise ValueError(f"weight_norm must be True, False or 'project', got {weight_norm!r}")
         self.feature_norm = feature_norm
         self.weight_norm = weight_norm
         self.weight = nn.Parameter(torch.empty(out_features, in_features, device=device, dtype=dtype))
@@ -56,7 +60,7 @@ class HECrossEntropyLoss(nn.Module):
 
     def __init__(self, scale: float = 15.0, margin: float = 0.2, reduction: str = "mean",
                  label_smoothing: float = 0.0, feature_norm: bool = True,
-                 weight_norm: bool = True, backend: str = "auto"):
+                 weight_norm: Union[bool, str] = True, backend: str = "auto"):
         super().__init__()
         _checks.check_scale_margin(scale, margin, label_smoothing)
         _checks.check_reduction(reduction)

@@ -110,14 +110,15 @@ def he_logits(
     margin: float = 0.0,
     target: Optional[Tensor] = None,
     feature_norm: bool = True,
-    weight_norm: bool = True,
+    weight_norm: reference.WeightNorm = True,
 ) -> Tensor:
     """HE logits s · (cos θ − m · onehot(target)).
 
     features (B, D) and weight (C, D) float32/16/bf16 (64); target (B,) int64 in [0, C),
     required when margin != 0. Returns float32 (B, C) (float64 for float64 inputs),
-    differentiable w.r.t. features and weight through both normalizations. The head is
-    GEMM-bound, so every backend computes it with the reference torch ops.
+    differentiable w.r.t. features and weight through both normalizations. ``weight_norm``
+    True, False or "project" (AT_HE's in-place form: reference.resolve_weight_norm). The head
+    is GEMM-bound, so it is plain torch ops on every device (no ``backend`` argument).
     """
     return reference.he_logits(features, weight, scale, margin, target, feature_norm, weight_norm)
 
@@ -131,7 +132,7 @@ def he_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     feature_norm: bool = True,
-    weight_norm: bool = True,
+    weight_norm: reference.WeightNorm = True,
     backend: Optional[str] = "auto",
 ) -> Tensor:
     """Cosine-margin cross-entropy CE(s · (cos θ − m · onehot(y)), y) of SPEC §2.1.
@@ -139,8 +140,11 @@ def he_cross_entropy(
     features (B, D), weight (C, D): float32, float16 or bfloat16 (float64 for gradcheck),
     any strides; target (B,) integer labels in [0, C). Returns a float32 scalar
     ("mean", "sum") or (B,) ("none"); gradients flow to features and weight in their own
-    dtypes. ``label_smoothing`` follows torch.nn.functional.cross_entropy.
-    ``backend``: "auto", "reference", "triton" or "native" (SPEC §2.3).
+    dtypes. ``label_smoothing`` follows torch.nn.functional.cross_entropy. ``weight_norm``:
+    True (differentiable), False, or "project" — AT_HE's form: the stored weight rows are
+    renormalized in place and used without a normalization backward
+    (reference.resolve_weight_norm). ``backend``: "auto", "reference", "triton" or
+    "native" (SPEC §2.3).
     """
     _checks.check_reduction(reduction)
     _checks.check_scale_margin(scale, margin, label_smoothing)
@@ -152,6 +156,7 @@ def he_cross_entropy(
     # as torch's own cross-entropy does): no extra launches, no host synchronisation.
     target = _checks.check_he_inputs(
         features, weight, target, check_labels=device.type == "cpu" and name != "native")
+    weight_norm = reference.resolve_weight_norm(weight, weight_norm)
     if name == "reference":
         return reference.he_cross_entropy(
             features, weight, target, scale, margin, reduction, label_smoothing,

@@ -2,7 +2,14 @@
 
 Every other backend is tested against these functions.
 """
-from heat_fast.reference.he_loss import cos_margin_cross_entropy, he_cross_entropy, he_logits
+from heat_fast.reference.he_loss import (
+    WeightNorm,
+    cos_margin_cross_entropy,
+    he_cross_entropy,
+    he_logits,
+    resolve_weight_norm,
+)
 from heat_fast.reference.pgd import pgd_delta_step, pgd_step, random_init
 
-__all__ = ["cos_margin_cross_entropy", "he_cross_entropy", "he_logits", "pgd_delta_step", "pgd_step", "random_init"]
+__all__ = ["WeightNorm", "cos_margin_cross_entropy", "he_cross_entropy", "he_logits",
+           "pgd_delta_step", "pgd_step", "random_init", "resolve_weight_norm"]

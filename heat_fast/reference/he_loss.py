@@ -11,7 +11,7 @@ use this path).
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,29 @@ NORM_EPS = 1e-12
 
 def _math_dtype(t: torch.Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+WeightNorm = Union[bool, str]
+WEIGHT_NORMS = (True, False, "project")
+
+
+def resolve_weight_norm(weight: torch.Tensor, weight_norm: WeightNorm) -> bool:
+    """Applies the weight-normalization mode and returns whether the math normalizes W.
+
+    True: W̃ = W / max(‖W‖, eps) inside the op, differentiable (SPEC §2.1). False: W as is.
+    "project" (the public HE code's form): W's rows are renormalized in place first, as
+    AT_HE's model overwrites ``fc.weight.data`` on every forward, and then used as they are,
+    so the stored weight stays unit-norm and its gradient is dL/dW̃ with no normalization
+    backward. ``weight`` must then be a leaf tensor (a parameter).
+    """
+    if weight_norm == "project":
+        with torch.no_grad():
+            unit = F.normalize(weight.to(_math_dtype(weight)), dim=1, eps=NORM_EPS)
+            weight.copy_(unit)
+        return False
+    if weight_norm is True or weight_norm is False:
+        return weight_norm
+    raise ValueError(f"weight_norm must be True, False or 'project', got {weight_norm!r}")
 
 
 def _matmul_in_own_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -41,13 +64,14 @@ def he_logits(
     margin: float = 0.0,
     target: Optional[torch.Tensor] = None,
     feature_norm: bool = True,
-    weight_norm: bool = True,
+    weight_norm: WeightNorm = True,
 ) -> torch.Tensor:
     """s · (cos θ − m · onehot(target)) as a float32 (B, C) tensor (float64 for float64 inputs)."""
     target = _checks.check_he_inputs(features, weight, target)
     _checks.check_scale_margin(scale, margin)
     if margin != 0 and target is None:
         raise ValueError("target is required when margin != 0 (the margin applies to the target class)")
+    weight_norm = resolve_weight_norm(weight, weight_norm)
     dtype = _math_dtype(features)
     x = features.to(dtype)
     w = weight.to(dtype)
@@ -87,7 +111,7 @@ def he_cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     feature_norm: bool = True,
-    weight_norm: bool = True,
+    weight_norm: WeightNorm = True,
 ) -> torch.Tensor:
     """CE(s · (cos θ − m · onehot(y)), y): a float32 scalar, or (B,) for reduction="none"."""
     cos = he_logits(features, weight, feature_norm=feature_norm, weight_norm=weight_norm)
