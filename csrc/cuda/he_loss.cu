@@ -213,9 +213,11 @@ __device__ __forceinline__ void finalize_row(const GradSide& side, int64_t r, in
   }
   dot = block_reduce(dot, SumOp{}, acc_t(0), scratch);
   const acc_t shift = norm > acc_t(kNormEps) ? dot * inv * inv : acc_t(0);
+  const bool exact_zero = cols == 1 && norm > acc_t(kNormEps);  // x̂ = ±1: nothing remains
   for (int64_t d = threadIdx.x; d < cols; d += blockDim.x) {
     const acc_t x = load_as<acc_t>(side.x_dtype, side.x, base + d);
-    store_as(side.out_dtype, side.out, base + d, (value(d) - x * shift) * inv);
+    store_as(side.out_dtype, side.out, base + d,
+             exact_zero ? acc_t(0) : (value(d) - x * shift) * inv);
   }
 }
 

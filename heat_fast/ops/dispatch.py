@@ -41,6 +41,8 @@ class BackendUnavailableError(RuntimeError):
 
 def kernels(name: str) -> ModuleType:
     """The module holding backend ``name``'s kernel functions."""
+    if name not in _MODULES:
+        raise ValueError(f"backend must be one of {tuple(_MODULES)} for a kernel op, got {name!r}")
     return _MODULES[name]
 
 

@@ -44,6 +44,9 @@ def he_ce_forward_op(
     label_smoothing: float, feature_norm: bool, weight_norm: bool, backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Fused HE cross-entropy forward of ``backend`` (see the module docstring)."""
+    _checks.check_he_inputs(features, weight, target,
+                            check_labels=features.device.type == "cpu" and backend != "native")
+    _checks.check_scale_margin(scale, margin, label_smoothing)
     return kernels(backend).he_ce_forward(
         features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm
     )
@@ -69,6 +72,15 @@ def he_ce_backward_op(
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
     """Fused HE cross-entropy backward of ``backend`` (see the module docstring)."""
+    _checks.check_he_inputs(features, weight, None)
+    batch, classes = features.shape[0], weight.shape[0]
+    for name, t, shape in (("grad_rows", grad_rows, (batch,)), ("grad_cos", grad_cos,
+                           (batch, classes)), ("feature_norms", feature_norms, (batch,)),
+                           ("weight_norms", weight_norms, (classes,))):
+        _checks.check_float(name, t)
+        if tuple(t.shape) != shape or t.device != features.device:
+            raise ValueError(f"{name} must have shape {shape} on {features.device}, got "
+                             f"{tuple(t.shape)} on {t.device}")
     return kernels(backend).he_ce_backward(
         grad_rows, features, weight, grad_cos, feature_norms, weight_norms,
         feature_norm, weight_norm,

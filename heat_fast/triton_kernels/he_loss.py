@@ -258,12 +258,13 @@ def _normalize_row(g_ptr, x_ptr, norm_ptr, out_ptr, row, D, NORMALIZE: tl.conste
             x = tl.load(x_row + d0 + cols, mask=ok, other=0.0).to(ACC)
             radial += x * g
     along = tl.where(norm > NORM_EPS, tl.sum(radial, axis=0) * inv, 0.0)
+    exact_zero = (D == 1) & (norm > NORM_EPS)  # x̂ = ±1: the projection removes all of g
     for d0 in range(0, D, BLOCK_D):
         ok = d0 + cols < D
         g = tl.load(g_row + d0 + cols, mask=ok, other=0.0)
         if NORMALIZE:
             x = tl.load(x_row + d0 + cols, mask=ok, other=0.0).to(ACC)
-            g = (g - x * inv * along) * inv
+            g = tl.where(exact_zero, 0.0, (g - x * inv * along) * inv)
         tl.store(out_row + d0 + cols, g.to(out_ptr.dtype.element_ty), mask=ok)
 
 
