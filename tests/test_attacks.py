@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from heat_fast.attacks import (APGD, FGSM, MIM, PGD, Attack, AutoAttackUnavailableError,
+from heat_fast.attacks import (APGD, FAB, FGSM, MIM, PGD, Attack, AutoAttackUnavailableError,
                                Ensemble, build_attack, predict)
 from heat_fast.attacks import autoattack as autoattack_module
 from heat_fast.attacks.apgd import checkpoints
@@ -40,7 +40,8 @@ def batch(seed: int = 1, n: int = 48, model: nn.Module | None = None):
 
 
 ALL_NAMES = ["fgsm", "pgd10-ce", "pgd10-cw", "pgd10-dlr", "pgd10-ce-r2", "pgd10-cw-l2",
-             "mim5", "apgd20-ce", "apgd20-dlr", "apgd20-ce-l2"]
+             "mim5", "apgd20-ce", "apgd20-dlr", "apgd20-ce-l2", "apgd10-t3", "apgd10-t2-l2-r2",
+             "fab10-t3", "fab10-t2-l2-r2", "square60", "square60-l2-r2"]
 
 
 def binary_linear(dim: int = 6, seed: int = 0):
@@ -180,7 +181,7 @@ def test_examples_misclassified_clean_are_returned_unchanged():
     model = small_net()
     x, _ = batch(model=model)
     wrong = (predict(model, x) + 1) % 10
-    for name in ("pgd5-ce", "apgd5-dlr"):
+    for name in ("pgd5-ce", "apgd5-dlr", "apgd5-t2", "fab5-t2", "square20"):
         assert torch.equal(build_attack(name, EPS)(model, x, wrong), x)
 
 
@@ -258,7 +259,8 @@ def test_autoattack_missing_names_both_packages(monkeypatch):
 
 
 @pytest.mark.parametrize("attack", [PGD(EPS, steps=8, loss="cw", random_start=False),
-                                    MIM(EPS, steps=6)], ids=["pgd", "mim"])
+                                    MIM(EPS, steps=6), FAB(EPS, steps=8, targets=3)],
+                         ids=["pgd", "mim", "fab-t"])
 def test_early_stopping_keeps_rows_aligned(attack):
     """Fooled rows leave the batch at different steps; attacking a permuted batch must
     give the same per-example result, permuted."""
