@@ -144,7 +144,7 @@ def test_stronger_setting_never_reports_higher_accuracy(weak, strong):
     assert 0 < int(weak_mask.sum()) < 64  # the comparison is not vacuous
 
 
-def test_attacks_leave_inputs_modes_and_parameter_grads_unchanged():
+def test_attacks_leave_inputs_modes_grads_and_global_rng_unchanged():
     model = small_net()
     model.train()
     model[1].eval()  # a mixed state that a blanket model.train() would not restore
@@ -153,6 +153,7 @@ def test_attacks_leave_inputs_modes_and_parameter_grads_unchanged():
     model[1].register_forward_pre_hook(lambda m, inp: seen.append(m.training))
     x, y = batch()
     x_copy, y_copy = x.clone(), y.clone()
+    rng = torch.get_rng_state()
     for name in ALL_NAMES:
         x_adv = build_attack(name, EPS if "l2" not in name else 0.5)(model, x, y)
         assert x_adv.shape == x.shape and x_adv is not x
@@ -161,6 +162,7 @@ def test_attacks_leave_inputs_modes_and_parameter_grads_unchanged():
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert seen and not any(seen)
     assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)  # attacks draw from their own generators
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)

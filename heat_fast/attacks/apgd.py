@@ -69,7 +69,8 @@ class APGD(BallAttack):
             rows = keep_rows(robust, rows)
             rows = self._step(rows, MOMENTUM if i > 0 else 1.0)
             logits, loss, grad = loss_and_grad(model, self.loss_for(rows.get("target")),
-                                               rows["x_adv"], rows["y"], need_grad=i + 1 < self.steps)
+                                               rows["x_adv"], rows["y"],
+                                               need_grad=i + 1 < self.steps)
             robust = ~tracker.update(rows["idx"], rows["x_adv"], logits, loss)
             self._record(rows, loss, grad)
             if i + 1 in self.checkpoints:

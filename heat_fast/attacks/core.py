@@ -188,6 +188,54 @@ class BallAttack(Attack):
         start x_adv."""
 
 
+class SearchAttack(Attack):
+    """An attack made of runs that each search, on the examples still robust, for inputs in
+    the ε-ball (``norm``) and the box ``clip`` that the model misclassifies (FAB, Square).
+
+    Subclasses implement :meth:`_search` and may override :meth:`run_targets`. Examples
+    never broken are returned unchanged; a broken one gets the first point that broke it.
+    """
+
+    def __init__(self, eps: float, norm: str = "linf", restarts: int = 1,
+                 clip: Sequence[float] = (0.0, 1.0), seed: int = 0, backend: str = "auto"):
+        self.eps = check_eps(eps)
+        self.norm = _checks.check_norm(norm)
+        self.restarts = check_count("restarts", restarts)
+        if clip is None:
+            raise ValueError(f"{type(self).__name__} needs a box: clip must be (lo, hi), got None")
+        self.clip = _checks.check_clip(clip)
+        self.seed = int(seed)
+        self.backend = backend
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            clean_logits = model(x)
+        robust = clean_logits.argmax(dim=1) == y
+        x_adv = x.clone()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        for run, target in enumerate(self.run_targets(clean_logits)):
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            found, points = self._search(model, x[idx], y[idx],
+                                         None if target is None else target[idx],
+                                         run % self.restarts, generator)
+            x_adv[idx[found]] = points[found]
+            robust[idx[found]] = False
+        return x_adv
+
+    def run_targets(self, clean_logits: Tensor) -> List[Optional[Tensor]]:
+        """As :meth:`BallAttack.run_targets`: one entry per run, None when untargeted."""
+        return [None] * self.restarts
+
+    @abc.abstractmethod
+    def _search(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor],
+                restart: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """One run on robust examples x (B, ...) with labels y and targets (or None);
+        ``restart`` counts the runs of one target from 0. Returns (found (B,) bool,
+        points (B, ...)) with points[found] misclassified, in the ball and the box."""
+
+
 def project(point: Tensor, x: Tensor, eps: float, norm: str,
             clip: Optional[Tuple[float, float]], backend: str = "auto") -> Tensor:
     """``point`` projected onto the ``norm`` ε-ball around x, then clipped to the box: the

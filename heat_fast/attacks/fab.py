@@ -20,14 +20,12 @@ restart r > 0 of a target starts from a random point of the ε/2-ball
 from __future__ import annotations
 
 import functools
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from heat_fast import _checks
-from heat_fast.attacks.core import (Attack, check_count, check_eps, keep_rows, loss_and_grad,
-                                    target_runs)
+from heat_fast.attacks.core import SearchAttack, check_count, keep_rows, loss_and_grad, target_runs
 from heat_fast.attacks.hyperplane import min_norm_step
 from heat_fast.ops import random_init
 
@@ -46,51 +44,30 @@ def norm_of(delta: Tensor, norm: str) -> Tensor:
     return flat.abs().amax(dim=1) if norm == "linf" else flat.norm(dim=1)
 
 
-class FAB(Attack):
+class FAB(SearchAttack):
     """Targeted FAB at radius ``eps`` (see the module docstring for the parameters)."""
 
     def __init__(self, eps: float, steps: int = 100, targets: int = 9, norm: str = "linf",
                  restarts: int = 1, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9, clip: Sequence[float] = (0.0, 1.0), seed: int = 0,
                  backend: str = "auto"):
-        self.eps = check_eps(eps)
+        super().__init__(eps, norm, restarts, clip, seed, backend)
         self.steps = check_count("steps", steps)
         self.targets = check_count("targets", targets)
-        self.norm = _checks.check_norm(norm)
-        self.restarts = check_count("restarts", restarts)
         for name, value, low, high in (("alpha_max", alpha_max, 0.0, 1.0),
                                        ("eta", eta, 1.0, float("inf")),
                                        ("beta", beta, 0.0, 1.0)):
             if not low <= value <= high:
                 raise ValueError(f"{name} must lie in [{low}, {high}], got {value!r}")
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
-        if clip is None:
-            raise ValueError("FAB needs a box: clip must be (lo, hi), got None")
-        self.clip = _checks.check_clip(clip)
-        self.seed = int(seed)
-        self.backend = backend
 
-    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        with torch.no_grad():
-            clean_logits = model(x)
-        robust = clean_logits.argmax(dim=1) == y
-        x_adv = x.clone()
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        for run, target in enumerate(target_runs(clean_logits, self.targets, self.restarts)):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            start = x if run % self.restarts == 0 else random_init(
-                x, self.eps / 2, self.norm, self.clip, generator, self.backend)
-            found, points = self._run(model, x[idx], y[idx], target[idx], start[idx])
-            x_adv[idx[found]] = points[found]
-            robust[idx[found]] = False
-        return x_adv
+    def run_targets(self, clean_logits: Tensor) -> List[Optional[Tensor]]:
+        return list(target_runs(clean_logits, self.targets, self.restarts))
 
-    def _run(self, model: nn.Module, x: Tensor, y: Tensor, target: Tensor,
-             start: Tensor) -> Tuple[Tensor, Tensor]:
-        """One FAB run; (found (B,) bool, points (B, ...)): points[found] are misclassified
-        and within ε of x."""
+    def _search(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor],
+                restart: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        start = x if restart == 0 else random_init(x, self.eps / 2, self.norm, self.clip,
+                                                   generator, self.backend)
         found = torch.zeros_like(y, dtype=torch.bool)
         points = x.clone()
         rows = {"i": torch.arange(y.shape[0], device=y.device), "x0": x, "y": y, "t": target,

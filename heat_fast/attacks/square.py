@@ -18,13 +18,12 @@ Inputs are images (B, C, H, W); (B, H, W) and (B, D) are treated as one-channel 
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from heat_fast import _checks
-from heat_fast.attacks.core import Attack, check_count, check_eps, keep_rows, project
+from heat_fast.attacks.core import SearchAttack, check_count, keep_rows, project
 from heat_fast.attacks.losses import cw_loss
 
 SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -103,65 +102,53 @@ def per_row(t: Tensor) -> Tensor:
     return t.view((-1,) + (1,) * 3)
 
 
-class Square(Attack):
+class Square(SearchAttack):
     """Square Attack at radius ``eps`` (see the module docstring for the parameters)."""
 
     def __init__(self, eps: float, queries: int = 5000, norm: str = "linf", p_init: float = 0.8,
                  restarts: int = 1, clip: Sequence[float] = (0.0, 1.0), seed: int = 0,
                  backend: str = "auto"):
-        self.eps = check_eps(eps)
+        super().__init__(eps, norm, restarts, clip, seed, backend)
         self.queries = check_count("queries", queries)
-        self.norm = _checks.check_norm(norm)
         if not 0.0 < p_init <= 1.0:
             raise ValueError(f"p_init must lie in (0, 1], got {p_init!r}")
         self.p_init = float(p_init)
-        self.restarts = check_count("restarts", restarts)
-        if clip is None:
-            raise ValueError("Square needs a box: clip must be (lo, hi), got None")
-        self.clip = _checks.check_clip(clip)
-        self.seed = int(seed)
-        self.backend = backend
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        images = as_images(x)
-        robust = margin(model, images, x.shape, y) > 0
-        x_adv = images.clone()
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        for _ in range(self.restarts):
-            idx = robust.nonzero().squeeze(1)
-            if idx.numel() == 0:
-                break
-            found, points = self._run(model, images[idx], x.shape, y[idx], generator)
-            x_adv[idx[found]] = points[found]
-            robust[idx[found]] = False
-        return x_adv.view_as(x)
+        as_images(x)  # inputs it cannot tile fail before any query
+        return super()._attack(model, x, y)
 
-    def _run(self, model: nn.Module, x: Tensor, shape: torch.Size, y: Tensor,
-             generator: torch.Generator) -> Tuple[Tensor, Tensor]:
-        """One run on images x; (found (B,) bool, points (B, C, H, W))."""
+    def _search(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor],
+                restart: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        shape = x.shape
+        x = as_images(x)
         found = torch.zeros_like(y, dtype=torch.bool)
         points = x.clone()
         best = self._start(x, generator)
         rows = {"i": torch.arange(y.shape[0], device=y.device), "x": x, "y": y, "best": best,
                 "margin": margin(model, best, shape, y)}
         for query in range(self.queries):
-            broken = rows["margin"] <= 0
-            if bool(broken.any()):
-                found[rows["i"][broken]] = True
-                points[rows["i"][broken]] = rows["best"][broken]
-                rows = keep_rows(~broken, rows)
-                if rows["i"].numel() == 0:
-                    break
-            side_fraction = window_fraction(query, self.p_init)
-            candidate = self._propose(rows["x"], rows["best"], side_fraction, generator)
+            rows = self._record(rows, found, points)
+            if rows["i"].numel() == 0:
+                break
+            candidate = self._propose(rows["x"], rows["best"],
+                                      window_fraction(query, self.p_init), generator)
             value = self._query(model, candidate, shape, rows)
             better = value < rows["margin"]
             rows["best"] = torch.where(per_row(better), candidate, rows["best"])
             rows["margin"] = torch.where(better, value, rows["margin"])
+        self._record(rows, found, points)
+        return found, points.view(shape)
+
+    @staticmethod
+    def _record(rows: Dict[str, Tensor], found: Tensor, points: Tensor) -> Dict[str, Tensor]:
+        """Record the rows whose best point is misclassified; return the others."""
         broken = rows["margin"] <= 0
+        if not bool(broken.any()):
+            return rows
         found[rows["i"][broken]] = True
         points[rows["i"][broken]] = rows["best"][broken]
-        return found, points
+        return keep_rows(~broken, rows)
 
     @staticmethod
     def _query(model: nn.Module, candidate: Tensor, shape: torch.Size,
