@@ -232,3 +232,22 @@ def test_square_rejects_inputs_it_cannot_tile():
 def test_bad_arguments_raise_value_error(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_fab_evaluation_orders_visit_the_same_points(monkeypatch):
+    """FAB classifies first (one forward, then one gradient) once most rows step back, and
+    takes gradients first otherwise; both orders must give the same iterates."""
+    model = small_net()
+    x, y = batch(model=model, n=48)
+    attack = FAB(8 / 255, steps=12, targets=3)
+    predicting, calls = FAB._settle_predicting, []
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return predicting(self, *args, **kwargs)
+
+    monkeypatch.setattr(FAB, "_settle_predicting", counted)
+    adaptive = attack(model, x, y)
+    assert calls and 0 < int((predict(model, adaptive) != y).sum()) < 48
+    monkeypatch.setattr(FAB, "_settle_predicting", FAB._settle)
+    assert torch.equal(attack(model, x, y), adaptive)

@@ -249,7 +249,7 @@ def ranked_class(logits: Tensor, rank: int) -> Tensor:
     return logits.topk(rank, dim=1).indices[:, rank - 1]
 
 
-def target_runs(clean_logits: Tensor, n_targets: int, restarts: int) -> List[Tensor]:
+def target_runs(clean_logits: Tensor, n_targets: int, restarts: int) -> List[Optional[Tensor]]:
     """Targets for ``n_targets`` target classes (ranks 2 .. n_targets + 1 of the clean
     logits, at most C − 1 of them) times ``restarts`` runs each."""
     ranks = range(2, min(n_targets + 1, clean_logits.shape[1]) + 1)

@@ -62,7 +62,7 @@ class FAB(SearchAttack):
         self.alpha_max, self.eta, self.beta = float(alpha_max), float(eta), float(beta)
 
     def run_targets(self, clean_logits: Tensor) -> List[Optional[Tensor]]:
-        return list(target_runs(clean_logits, self.targets, self.restarts))
+        return target_runs(clean_logits, self.targets, self.restarts)
 
     def _search(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor],
                 restart: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
@@ -133,7 +133,7 @@ class FAB(SearchAttack):
                                 self._back(rows), rows["x"])
         logits, rows = self._linearize(model, rows, need_grad)
         rows, _ = self._record(rows, logits, found, points)
-        return rows, float(outside.float().mean()) if outside.numel() else 0.0
+        return rows, (float(outside.float().mean()) if outside.numel() else 0.0)
 
     def _step(self, rows: Dict[str, Tensor]) -> Tensor:
         x1, x0, grad = rows["x"], rows["x0"], rows["grad"]
