@@ -5,7 +5,8 @@
                                                            # then each ratio's range over all
 
 For each group (op, shape, dtype, device) prints every backend's median and minimum time, its
-spread (IQR) and its speed-up over the eager reference measured in the same run, as the ratio
+spread (IQR) and its speed-up over the eager reference measured in the same run (or over the
+benchmark a group flags as its ``baseline``, such as the official AutoAttack), as the ratio
 of medians and of minimums (the minimum is the steadier figure on a shared, noisy machine);
 throughput (at the median) where the benchmark recorded the bytes it moves (GB/s) or the images
 it processes (img/s).
@@ -21,6 +22,13 @@ def _throughput(info: dict, seconds: float) -> str:
     if "images_per_step" in info:
         return f"{info['images_per_step'] / seconds:.0f} img/s"
     return "-"
+
+
+def _baseline(rows: dict):
+    """The group's baseline: the benchmark flagged ``baseline`` in extra_info, else the
+    reference backend."""
+    flagged = [b for b in rows.values() if b["extra_info"].get("baseline")]
+    return flagged[0] if flagged else rows.get("reference")
 
 
 def _load(path: str):
@@ -40,7 +48,7 @@ def tables(path: str) -> str:
              f"python {machine.get('python_version', '?')}, run {data.get('datetime', '?')}", ""]
     for group in sorted(groups):
         rows = groups[group]
-        reference = rows.get("reference")
+        reference = _baseline(rows)
         lines += [f"### {group}", "",
                   "| backend | median ms | min ms | IQR ms | vs reference (median) | "
                   "vs reference (min) | throughput |",
@@ -63,9 +71,9 @@ def spread(paths) -> str:
     for path in paths:
         _, groups = _load(path)
         for group, rows in groups.items():
-            reference = rows.get("reference")
+            reference = _baseline(rows)
             for backend, bench in rows.items():
-                if reference and backend != "reference":
+                if reference and bench is not reference:
                     ratios[group, backend].append(
                         reference["stats"]["median"] / bench["stats"]["median"])
     lines = [f"### Speed-up over the reference across {len(paths)} runs (ratio of medians)", "",

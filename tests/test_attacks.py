@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from heat_fast.attacks import (APGD, FGSM, MIM, PGD, Attack, AutoAttackUnavailableError,
+from heat_fast.attacks import (APGD, FAB, FGSM, MIM, PGD, Attack, AutoAttackUnavailableError,
                                Ensemble, build_attack, predict)
 from heat_fast.attacks import autoattack as autoattack_module
 from heat_fast.attacks.apgd import checkpoints
@@ -40,7 +40,8 @@ def batch(seed: int = 1, n: int = 48, model: nn.Module | None = None):
 
 
 ALL_NAMES = ["fgsm", "pgd10-ce", "pgd10-cw", "pgd10-dlr", "pgd10-ce-r2", "pgd10-cw-l2",
-             "mim5", "apgd20-ce", "apgd20-dlr", "apgd20-ce-l2"]
+             "mim5", "apgd20-ce", "apgd20-dlr", "apgd20-ce-l2", "apgd10-t3", "apgd10-t2-l2-r2",
+             "fab10-t3", "fab10-t2-l2-r2", "square60", "square60-l2-r2"]
 
 
 def binary_linear(dim: int = 6, seed: int = 0):
@@ -143,7 +144,7 @@ def test_stronger_setting_never_reports_higher_accuracy(weak, strong):
     assert 0 < int(weak_mask.sum()) < 64  # the comparison is not vacuous
 
 
-def test_attacks_leave_inputs_modes_and_parameter_grads_unchanged():
+def test_attacks_leave_inputs_modes_grads_and_global_rng_unchanged():
     model = small_net()
     model.train()
     model[1].eval()  # a mixed state that a blanket model.train() would not restore
@@ -152,6 +153,7 @@ def test_attacks_leave_inputs_modes_and_parameter_grads_unchanged():
     model[1].register_forward_pre_hook(lambda m, inp: seen.append(m.training))
     x, y = batch()
     x_copy, y_copy = x.clone(), y.clone()
+    rng = torch.get_rng_state()
     for name in ALL_NAMES:
         x_adv = build_attack(name, EPS if "l2" not in name else 0.5)(model, x, y)
         assert x_adv.shape == x.shape and x_adv is not x
@@ -160,6 +162,7 @@ def test_attacks_leave_inputs_modes_and_parameter_grads_unchanged():
     assert {name: m.training for name, m in model.named_modules()} == modes
     assert seen and not any(seen)
     assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)  # attacks draw from their own generators
 
 
 @pytest.mark.parametrize("name", ALL_NAMES)
@@ -180,7 +183,7 @@ def test_examples_misclassified_clean_are_returned_unchanged():
     model = small_net()
     x, _ = batch(model=model)
     wrong = (predict(model, x) + 1) % 10
-    for name in ("pgd5-ce", "apgd5-dlr"):
+    for name in ("pgd5-ce", "apgd5-dlr", "apgd5-t2", "fab5-t2", "square20"):
         assert torch.equal(build_attack(name, EPS)(model, x, wrong), x)
 
 
@@ -258,7 +261,8 @@ def test_autoattack_missing_names_both_packages(monkeypatch):
 
 
 @pytest.mark.parametrize("attack", [PGD(EPS, steps=8, loss="cw", random_start=False),
-                                    MIM(EPS, steps=6)], ids=["pgd", "mim"])
+                                    MIM(EPS, steps=6), FAB(EPS, steps=8, targets=3)],
+                         ids=["pgd", "mim", "fab-t"])
 def test_early_stopping_keeps_rows_aligned(attack):
     """Fooled rows leave the batch at different steps; attacking a permuted batch must
     give the same per-example result, permuted."""

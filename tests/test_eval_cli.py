@@ -116,7 +116,8 @@ def test_quickstart_smoke(tmp_path, capsys):
                             "--n-examples", "6", "--no-progress"])
     assert code == 0
     printed = capsys.readouterr().out
-    for row in ("clean", "pgd20-ce", "apgd-ce", "apgd-dlr", "worst-case", "train s/epoch"):
+    for row in ("clean", "pgd20-ce", "apgd-ce", "apgd-t", "fab-t", "square", "worst-case",
+                "attack set", "train s/epoch"):
         assert f"| {row}" in printed
     assert "pgd-at-he" in printed
     payload = json.loads((out / "eval.json").read_text())

@@ -1,4 +1,5 @@
-"""Evaluation: robust ≤ clean, worst ≤ each attack, reports, eval.json and the plot."""
+"""Evaluation: robust ≤ clean, worst ≤ each attack, the cascade (each attack on the examples
+still robust), the ε-sweep's reuse of smaller radii, reports, eval.json and the plot."""
 from __future__ import annotations
 
 import json
@@ -7,10 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from heat_fast.evaluation import (CLEAN, WORST, eps_sweep, evaluate,
-                                  format_table, parse_attack_list, plot_eps_sweep, write_json)
+from heat_fast.attacks import PGD, Attack, build_attack
+from heat_fast.evaluation import (AUTOATTACK_EQUIVALENT, CLEAN, DEFAULT_ATTACKS, QUICK_ATTACKS,
+                                  WORST, attack_set_name, eps_sweep, evaluate, format_table,
+                                  parse_attack_list, plot_eps_sweep, write_json)
 from heat_fast.evaluation.robustness import _check_in_ball
-from heat_fast.attacks import PGD
 
 EPS = 8 / 255
 
@@ -94,3 +96,86 @@ def test_table_json_and_plot(tmp_path):
     assert json.loads(path.read_text()) == {"a": 1.5, "device": "cpu"}
     png = plot_eps_sweep({"a": {0.0: 0.9, EPS: 0.5}, "b": {0.0: 0.8, EPS: 0.6}}, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+class Spy(Attack):
+    """Wraps an attack and records the examples (by content) it was asked to attack."""
+
+    def __init__(self, inner: Attack, seen: list):
+        self.inner, self.seen = inner, seen
+        self.eps, self.norm = inner.eps, inner.norm
+
+    def _attack(self, model, x, y):
+        self.seen.append(x.clone())
+        return self.inner(model, x, y)
+
+
+@pytest.fixture
+def spied(monkeypatch):
+    """evaluate() with every attack wrapped in a Spy; returns {name: [batches]}."""
+    from heat_fast.evaluation import robustness
+    seen = {}
+
+    def build(name, eps, **kwargs):
+        return Spy(build_attack(name, eps, **kwargs), seen.setdefault((name, eps), []))
+
+    monkeypatch.setattr(robustness, "build_attack", build)
+    return seen
+
+
+def _rows_of(x, batches):
+    """Indices of x's rows in the concatenated batches (each row of x is distinct)."""
+    seen = torch.cat(batches).flatten(1)
+    return sorted(int((x.flatten(1) == row).all(1).nonzero()) for row in seen)
+
+
+def test_cascade_attacks_only_the_examples_still_robust(trained, spied):
+    model, x, y = trained
+    names = [CLEAN, "pgd5-ce", "pgd5-cw", "apgd10-t3", WORST]
+    result = evaluate(model, x, y, 0.15, names, batch_size=16, progress=False)
+    masks = result.correct
+    previous = masks[CLEAN]
+    for name in names[1:-1]:
+        attacked = _rows_of(x, spied[name, 0.15])
+        assert attacked == previous.nonzero().squeeze(1).tolist()
+        assert not bool((masks[name] & ~previous).any())  # cumulative: rows only shrink
+        previous = masks[name]
+    assert torch.equal(masks[WORST], previous)
+    assert 0 < result.accuracy[WORST] < result.accuracy["pgd5-ce"] < result.accuracy[CLEAN]
+    assert result.attack_set == "custom" and set(result.seconds) == set(names[:-1])
+
+
+def test_independent_rows_attack_every_correct_example(trained, spied):
+    model, x, y = trained
+    names = [CLEAN, "pgd5-ce", "pgd5-cw", WORST]
+    result = evaluate(model, x, y, 0.15, names, progress=False, independent=True)
+    correct = result.correct[CLEAN].nonzero().squeeze(1).tolist()
+    for name in names[1:-1]:
+        assert _rows_of(x, spied[name, 0.15]) == correct
+    assert torch.equal(result.correct[WORST],
+                       result.correct["pgd5-ce"] & result.correct["pgd5-cw"])
+    assert result.to_dict()["rows"] == "each attack on every example"
+
+
+def test_eps_sweep_attacks_only_what_survived_the_smaller_radius(trained, spied):
+    model, x, y = trained
+    radii = [0.25, 0.0, 0.15, 0.2]
+    curve = eps_sweep(model, x, y, radii, ["pgd5-cw"], progress=False)
+    assert list(curve) == radii
+    assert curve[0.0] >= curve[0.15] >= curve[0.2] >= curve[0.25]
+    clean = evaluate(model, x, y, 0.0, [CLEAN], progress=False).accuracy[CLEAN]
+    assert curve[0.0] == clean
+    for smaller, larger in ((0.15, 0.2), (0.2, 0.25)):
+        attacked = len(_rows_of(x, spied["pgd5-cw", larger]))
+        assert attacked == round(curve[smaller] * x.shape[0])
+    assert curve[0.25] < curve[0.2] < curve[0.15] < clean  # not vacuous
+
+
+def test_attack_sets_are_named():
+    assert attack_set_name(DEFAULT_ATTACKS) == "AutoAttack-standard equivalent"
+    assert attack_set_name(["clean", "pgd50-cw", *AUTOATTACK_EQUIVALENT]) == (
+        "AutoAttack-standard equivalent")
+    assert attack_set_name(QUICK_ATTACKS).startswith("quick")
+    assert attack_set_name(["clean", "autoattack", "worst-case"]).startswith("official")
+    assert attack_set_name(["apgd-ce", "apgd-t", "fab-t"]) == "custom"
+    assert DEFAULT_ATTACKS[-5:-1] == ("apgd-ce", "apgd-t", "fab-t", "square")

@@ -7,17 +7,23 @@ p_{j+1} = p_j + max(p_j − p_{j−1} − 0.03, 0.06). At a checkpoint the step 
 iterate reset to the best point when fewer than 75% of the steps since the last checkpoint
 increased the loss, or when the step was not halved at the last checkpoint and the best loss
 has not grown since. APGD-CE uses the CE loss, APGD-DLR the (scale-invariant) DLR loss.
+
+APGD-T (:class:`APGDT`, AutoAttack's targeted APGD) runs the same iteration on the targeted
+DLR loss once per target class: the classes ranked 2, 3, ... by the clean logits (9 targets
+in AutoAttack's standard version), each run on the examples still robust after the
+previous ones.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from heat_fast.attacks.core import BallAttack, WorstCase, check_count, keep_rows, loss_and_grad
-from heat_fast.attacks.losses import get_loss
+from heat_fast.attacks.core import (BallAttack, WorstCase, check_count, keep_rows, loss_and_grad,
+                                    target_runs)
+from heat_fast.attacks.losses import dlr_targeted_loss, get_loss
 from heat_fast.ops import pgd_step
 
 MOMENTUM = 0.75
@@ -45,8 +51,8 @@ class APGD(BallAttack):
         self.checkpoints = checkpoints(self.steps)
 
     def _restart(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, idx: Tensor,
-                 tracker: WorstCase) -> None:
-        logits, loss, grad = loss_and_grad(model, self.loss_fn, x_adv, y)
+                 tracker: WorstCase, target: Optional[Tensor]) -> None:
+        logits, loss, grad = loss_and_grad(model, self.loss_for(target), x_adv, y)
         robust = ~tracker.update(idx, x_adv, logits, loss)
         rows = {
             "idx": idx, "x": x, "y": y, "x_adv": x_adv, "x_prev": x_adv, "grad": grad,
@@ -54,13 +60,16 @@ class APGD(BallAttack):
             "loss_at_check": loss, "step": torch.full_like(loss, 2 * self.eps),
             "increases": torch.zeros_like(loss), "halved": torch.ones_like(loss, dtype=torch.bool),
         }
+        if target is not None:
+            rows["target"] = target
         last_check = 0
         for i in range(self.steps):
             if not bool(robust.any()):
                 return
             rows = keep_rows(robust, rows)
             rows = self._step(rows, MOMENTUM if i > 0 else 1.0)
-            logits, loss, grad = loss_and_grad(model, self.loss_fn, rows["x_adv"], rows["y"],
+            logits, loss, grad = loss_and_grad(model, self.loss_for(rows.get("target")),
+                                               rows["x_adv"], rows["y"],
                                                need_grad=i + 1 < self.steps)
             robust = ~tracker.update(rows["idx"], rows["x_adv"], logits, loss)
             self._record(rows, loss, grad)
@@ -98,3 +107,22 @@ class APGD(BallAttack):
         rows["halved"] = halve
         rows["loss_at_check"] = rows["loss_best"]
         rows["increases"] = torch.zeros_like(rows["increases"])
+
+
+class APGDT(APGD):
+    """APGD-T: APGD on the targeted DLR loss toward each of the ``targets`` classes ranked
+    2 .. targets + 1 by the clean logits (at most C − 1; C ≥ 4), ``restarts`` runs per
+    target; AutoAttack's standard version uses 100 steps, 9 targets, 1 restart."""
+
+    def __init__(self, eps: float, steps: int = 100, targets: int = 9, norm: str = "linf",
+                 restarts: int = 1, clip: Optional[Sequence[float]] = (0.0, 1.0), seed: int = 0,
+                 backend: str = "auto"):
+        super().__init__(eps, steps, "dlr", norm, restarts, clip, seed, backend)
+        self.loss_fn = dlr_targeted_loss
+        self.targets = check_count("targets", targets)
+
+    def run_targets(self, clean_logits: Tensor) -> List[Optional[Tensor]]:
+        if clean_logits.shape[1] < 4:
+            raise ValueError("APGD-T's targeted DLR loss needs at least 4 classes, "
+                             f"got {clean_logits.shape[1]}")
+        return target_runs(clean_logits, self.targets, self.restarts)

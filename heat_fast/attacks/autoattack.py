@@ -1,17 +1,29 @@
 """The official AutoAttack (Croce & Hein 2020), standard version, when installed.
 
-It is imported from the ``autoattack`` package (git install) or ``pyautoattack`` (PyPI).
-AutoAttack does not put the model in eval mode; :class:`Attack` does that for it.
+Two packagings exist and both work: ``pyautoattack`` (PyPI; keyword-only API,
+``run_standard_evaluation(x, y, batch_size=...)`` returning ``(x_adv, y_adv)``) and the git
+package ``autoattack`` (``AutoAttack(..., verbose=...)``, ``run_standard_evaluation(x, y,
+bs=...)`` returning x_adv). The package is called exactly once per batch, on the whole
+batch, with the tensors' own device (index included). Around the call, :class:`AutoAttack`
+keeps the caller's state as it was: every module's mode (:class:`Attack` puts the model in
+eval mode, which AutoAttack itself does not), the parameters' ``.grad`` (FAB calls
+``backward``; parameters are frozen for the call, which gives the same input gradients),
+and the global random state of torch and of every initialized CUDA device (the package
+reseeds them).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
+import inspect
 from types import ModuleType
+from typing import Iterator, List
 
+import torch
 from torch import Tensor, nn
 
-from heat_fast.attacks.core import Attack, check_eps
 from heat_fast._checks import check_norm
+from heat_fast.attacks.core import Attack, check_eps
 
 PACKAGES = ("autoattack", "pyautoattack")
 NORM_NAMES = {"linf": "Linf", "l2": "L2"}
@@ -35,6 +47,38 @@ def load_package() -> ModuleType:
     )
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """Parameters with requires_grad False inside (so no backward reaches ``.grad``);
+    each parameter's own flag restored on exit."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore torch's CPU random state and that of every initialized CUDA device on exit."""
+    cpu = torch.get_rng_state()
+    cuda: List[Tensor] = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else []
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _accepts(function, name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
 class AutoAttack(Attack):
     """Standard AutoAttack (APGD-CE, APGD-T, FAB-T, Square) at radius ``eps``."""
 
@@ -44,9 +88,19 @@ class AutoAttack(Attack):
         self.norm = check_norm(norm)
         self.seed = int(seed)
 
+    def _adversary(self, model: nn.Module, device: torch.device):
+        cls = self.package.AutoAttack
+        options = dict(norm=NORM_NAMES[self.norm], eps=self.eps, version="standard",
+                       seed=self.seed, device=device)
+        if _accepts(cls.__init__, "verbose"):
+            options["verbose"] = False
+        return cls(model, **options)
+
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        adversary = self.package.AutoAttack(
-            model, norm=NORM_NAMES[self.norm], eps=self.eps, version="standard",
-            seed=self.seed, verbose=False, device=x.device.type,
-        )
-        return adversary.run_standard_evaluation(x, y, bs=x.shape[0]).detach()
+        with preserved_rng(), frozen_parameters(model):
+            adversary = self._adversary(model, x.device)
+            run = adversary.run_standard_evaluation
+            size = {"batch_size" if _accepts(run, "batch_size") else "bs": x.shape[0]}
+            output = run(x, y, **size)
+        x_adv = output[0] if isinstance(output, tuple) else output
+        return x_adv.detach()

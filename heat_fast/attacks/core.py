@@ -7,16 +7,19 @@ restored afterwards; ``x`` and ``y`` are never modified; input gradients come fr
 ``torch.autograd.grad`` (parameters' ``.grad`` stay untouched); x_adv lies in the ε-ball
 around x and in the box. :class:`BallAttack` attacks only the examples the model classifies
 correctly, stops attacking an example once it is fooled and keeps that first fooling input;
-an example never fooled gets its highest-loss iterate over all steps and restarts. Restart
-r's random start is drawn for the whole batch from a generator seeded with ``seed``, so more
-restarts or (at a fixed step size) more steps can only fool more examples.
+an example never fooled gets its highest-loss iterate over all steps and runs. A run is a
+restart, or for targeted attacks (APGD-T) one target class (:func:`target_runs`). Run r's
+random start is drawn for the whole batch from a generator seeded with ``seed``, so more
+restarts or (at a fixed step size) more steps can only fool more examples. Projected steps
+go through the fused :func:`heat_fast.pgd_step` (:func:`project` is a zero step).
 """
 from __future__ import annotations
 
 import abc
 import contextlib
+import functools
 import math
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -147,26 +150,110 @@ class BallAttack(Attack):
         self.backend = backend
 
     def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        tracker = WorstCase(x, y, *loss_and_grad(model, self.loss_fn, x, y, need_grad=False)[:2])
+        with torch.no_grad():
+            clean_logits = model(x)
+        targets = self.run_targets(clean_logits)
+        tracker = WorstCase(x, y, clean_logits, self.loss_for(targets[0])(clean_logits, y))
         generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        for _ in range(self.restarts):
+        for target in targets:
             start = (random_init(x, self.eps, self.norm, self.clip, generator, self.backend)
                      if self.random_start else x)
             idx = tracker.robust_indices()
             if idx.numel() == 0:
                 break
-            self._restart(model, x[idx], y[idx], start[idx], idx, tracker)
+            self._restart(model, x[idx], y[idx], start[idx], idx, tracker,
+                          None if target is None else target[idx])
         return tracker.x_adv
+
+    def run_targets(self, clean_logits: Tensor) -> List[Optional[Tensor]]:
+        """One entry per run: the target classes (B,) of a targeted run, None for an
+        untargeted one. Untargeted attacks make ``restarts`` runs."""
+        return [None] * self.restarts
+
+    def loss_for(self, target: Optional[Tensor]) -> LossFn:
+        """The per-example loss (logits, y) -> (B,) of a run with ``target`` (None:
+        untargeted, the attack's loss itself)."""
+        if target is None:
+            return self.loss_fn
+        return functools.partial(self.loss_fn, target=target)
 
     def project(self, point: Tensor, x: Tensor) -> Tensor:
         """The projection of ``point`` onto the ε-ball around x and the box (a zero step)."""
-        return pgd_step(point, torch.zeros_like(point), x, self.eps, 0.0, self.norm,
-                        self.clip, backend=self.backend)
+        return project(point, x, self.eps, self.norm, self.clip, self.backend)
 
     @abc.abstractmethod
     def _restart(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, idx: Tensor,
-                 tracker: WorstCase) -> None:
-        """Attack rows ``idx`` (inputs x, labels y) from the start x_adv."""
+                 tracker: WorstCase, target: Optional[Tensor]) -> None:
+        """Attack rows ``idx`` (inputs x, labels y, targets ``target`` or None) from the
+        start x_adv."""
+
+
+class SearchAttack(Attack):
+    """An attack made of runs that each search, on the examples still robust, for inputs in
+    the ε-ball (``norm``) and the box ``clip`` that the model misclassifies (FAB, Square).
+
+    Subclasses implement :meth:`_search` and may override :meth:`run_targets`. Examples
+    never broken are returned unchanged; a broken one gets the first point that broke it.
+    """
+
+    def __init__(self, eps: float, norm: str = "linf", restarts: int = 1,
+                 clip: Sequence[float] = (0.0, 1.0), seed: int = 0, backend: str = "auto"):
+        self.eps = check_eps(eps)
+        self.norm = _checks.check_norm(norm)
+        self.restarts = check_count("restarts", restarts)
+        if clip is None:
+            raise ValueError(f"{type(self).__name__} needs a box: clip must be (lo, hi), got None")
+        self.clip = _checks.check_clip(clip)
+        self.seed = int(seed)
+        self.backend = backend
+
+    def _attack(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        with torch.no_grad():
+            clean_logits = model(x)
+        robust = clean_logits.argmax(dim=1) == y
+        x_adv = x.clone()
+        generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        for run, target in enumerate(self.run_targets(clean_logits)):
+            idx = robust.nonzero().squeeze(1)
+            if idx.numel() == 0:
+                break
+            found, points = self._search(model, x[idx], y[idx],
+                                         None if target is None else target[idx],
+                                         run % self.restarts, generator)
+            x_adv[idx[found]] = points[found]
+            robust[idx[found]] = False
+        return x_adv
+
+    def run_targets(self, clean_logits: Tensor) -> List[Optional[Tensor]]:
+        """As :meth:`BallAttack.run_targets`: one entry per run, None when untargeted."""
+        return [None] * self.restarts
+
+    @abc.abstractmethod
+    def _search(self, model: nn.Module, x: Tensor, y: Tensor, target: Optional[Tensor],
+                restart: int, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """One run on robust examples x (B, ...) with labels y and targets (or None);
+        ``restart`` counts the runs of one target from 0. Returns (found (B,) bool,
+        points (B, ...)) with points[found] misclassified, in the ball and the box."""
+
+
+def project(point: Tensor, x: Tensor, eps: float, norm: str,
+            clip: Optional[Tuple[float, float]], backend: str = "auto") -> Tensor:
+    """``point`` projected onto the ``norm`` ε-ball around x, then clipped to the box: the
+    fused :func:`heat_fast.pgd_step` with a zero gradient."""
+    return pgd_step(point, torch.zeros_like(point), x, eps, 0.0, norm, clip, backend=backend)
+
+
+def ranked_class(logits: Tensor, rank: int) -> Tensor:
+    """The class with the ``rank``-th largest logit per example (rank 1 = the prediction),
+    as AutoAttack's targeted attacks choose targets: rank 2, 3, ... of the clean logits."""
+    return logits.topk(rank, dim=1).indices[:, rank - 1]
+
+
+def target_runs(clean_logits: Tensor, n_targets: int, restarts: int) -> List[Optional[Tensor]]:
+    """Targets for ``n_targets`` target classes (ranks 2 .. n_targets + 1 of the clean
+    logits, at most C − 1 of them) times ``restarts`` runs each."""
+    ranks = range(2, min(n_targets + 1, clean_logits.shape[1]) + 1)
+    return [ranked_class(clean_logits, rank) for rank in ranks for _ in range(restarts)]
 
 
 def keep_rows(keep: Tensor, state: Dict[str, Tensor]) -> Dict[str, Tensor]:

@@ -39,12 +39,14 @@ class IterativeAttack(BallAttack):
         return grad
 
     def _restart(self, model: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, idx: Tensor,
-                 tracker: WorstCase) -> None:
+                 tracker: WorstCase, target: Optional[Tensor]) -> None:
         rows = {"idx": idx, "x": x, "y": y, "x_adv": x_adv, **self.init_state(x_adv)}
+        if target is not None:
+            rows["target"] = target
         for step in range(self.steps + 1):
             last = step == self.steps
-            logits, loss, grad = loss_and_grad(model, self.loss_fn, rows["x_adv"], rows["y"],
-                                               need_grad=not last)
+            logits, loss, grad = loss_and_grad(model, self.loss_for(rows.get("target")),
+                                               rows["x_adv"], rows["y"], need_grad=not last)
             robust = ~tracker.update(rows["idx"], rows["x_adv"], logits, loss)
             if last or not bool(robust.any()):
                 return

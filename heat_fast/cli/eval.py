@@ -2,7 +2,10 @@
 
 Each checkpoint (a ``heat-fast train`` run directory or its ``last.pt``) is evaluated on
 the first ``--n-examples`` test images of its own dataset under every attack in
-``--attacks``, plus the per-example worst case over all of them. Prints one table; with
+``--attacks``, each on the examples still robust after the attacks before it, plus the
+per-example worst case over all of them. The default attacks are heat_fast's equivalent of
+AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square) after a PGD-20 first pass;
+``--quick`` is a cheap set for monitoring training. Prints one table; with
 ``--out`` writes ``eval.json`` and, with ``--eps-sweep``, ``eps_sweep.png``. Exit status 2
 for bad arguments or a missing, corrupt or mismatched checkpoint, with a one-line message.
 """
@@ -17,7 +20,7 @@ import torch
 
 from heat_fast.attacks import AutoAttackUnavailableError
 from heat_fast.data import DatasetError
-from heat_fast.evaluation import (DEFAULT_ATTACKS, CheckpointError, Settings,
+from heat_fast.evaluation import (DEFAULT_ATTACKS, QUICK_ATTACKS, CheckpointError, Settings,
                                   WORST, evaluate_checkpoints, parse_attack_list, table,
                                   write_outputs)
 
@@ -55,9 +58,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="heat-fast eval", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="run directories or .pt checkpoint files")
-    parser.add_argument("--attacks", type=parse_attacks, default=list(DEFAULT_ATTACKS),
-                        help="comma list, e.g. clean,fgsm,pgd20-ce,pgd20-cw,pgd50-dlr-r5,mim10,"
-                             "apgd-ce,apgd-dlr,autoattack,worst-case (default: %(default)s)")
+    attack_set = parser.add_mutually_exclusive_group()
+    attack_set.add_argument("--attacks", type=parse_attacks, default=list(DEFAULT_ATTACKS),
+                            help="comma list, e.g. clean,fgsm,pgd20-ce,pgd20-cw,pgd50-dlr-r5,mim10,"
+                                 "apgd-ce,apgd-dlr,apgd-t,fab-t,square,autoattack,worst-case "
+                                 "(default, AutoAttack-standard equivalent: %(default)s)")
+    attack_set.add_argument("--quick", dest="attacks", action="store_const",
+                            const=list(QUICK_ATTACKS),
+                            help=f"cheap set for monitoring training: {','.join(QUICK_ATTACKS)}")
+    parser.add_argument("--independent", action="store_true",
+                        help="run every attack on every example (each row its own accuracy) "
+                             "instead of only on the examples still robust")
     parser.add_argument("--eps", type=parse_eps, default=None,
                         help="L-inf radius, e.g. 8/255 (default: each checkpoint's training eps)")
     parser.add_argument("--n-examples", type=positive_int, default=1000,
@@ -81,7 +92,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return Settings(attacks=args.attacks, eps=args.eps, n_examples=args.n_examples,
                     batch_size=args.batch_size, seed=args.seed, device=args.device,
                     backend=args.backend, data_dir=args.data_dir, eps_sweep=args.eps_sweep,
-                    sweep_attacks=args.sweep_attacks,
+                    sweep_attacks=args.sweep_attacks, independent=args.independent,
                     progress=not args.no_progress)
 
 

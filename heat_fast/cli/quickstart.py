@@ -1,7 +1,8 @@
 """``heat-fast quickstart``: train PGD-AT and PGD-AT+HE on digits and compare them honestly.
 
 Trains both with ``heat-fast train`` (small CNN, ε = 0.1, PGD-10 crafting), then evaluates
-each on the first test images under clean, PGD-20 (CE and CW), APGD-CE, APGD-DLR and the
+each on the first test images with ``heat-fast eval``'s default attacks (PGD-20 on CE and CW,
+then the AutoAttack-standard equivalent APGD-CE, APGD-T, FAB-T, Square) and the
 per-example worst case, prints the table side by side with the seconds per training epoch,
 and writes OUT/eval.json and OUT/eps_sweep.png. The defaults take a few minutes on a
 2-core CPU.

@@ -1,10 +1,19 @@
 """Robust accuracy of a model under a list of named attacks, per example.
 
-``evaluate`` runs every attack on every example independently (so each attack's number is
-its own), then reports per-example correctness masks where an example counts as robust
-under an attack only if it is classified correctly both clean and on the attack's output;
-``worst-case`` is the AND over all attacks run. Hence robust ≤ clean and worst ≤ each
-attack, by construction. Every attack output is checked to lie in its ε-ball.
+``evaluate`` runs the attacks in list order, each only on the examples still robust after
+every earlier one (AutoAttack's protocol), so each row is the robust accuracy after that
+attack and all rows above it, and ``worst-case`` is the last row. With
+``independent=True`` every attack runs on every example classified correctly, so each row
+is that attack's own accuracy (costlier; for comparing attacks, such as CE against margin
+losses on an HE model) and ``worst-case`` is the per-example AND of all rows. Either way an
+example counts as robust only if it is classified correctly clean and on every attack
+output it met, so robust ≤ clean and worst ≤ each row, by construction. Every attack
+output is checked to lie in its ε-ball.
+
+The default list, :data:`DEFAULT_ATTACKS`, is heat_fast's equivalent of AutoAttack's
+standard version (APGD-CE, APGD-T, FAB-T and Square with AutoAttack's settings) after a
+cheap first pass of PGD-20 on CE and on the CW margin; :data:`QUICK_ATTACKS` is a much
+cheaper set for monitoring training, weaker than AutoAttack.
 """
 from __future__ import annotations
 
@@ -21,19 +30,42 @@ from heat_fast.attacks.registry import parse_name
 
 CLEAN = "clean"
 WORST = "worst-case"
-DEFAULT_ATTACKS = (CLEAN, "pgd20-ce", "pgd20-cw", "apgd-ce", "apgd-dlr", WORST)
+FIRST_PASS = ("pgd20-ce", "pgd20-cw")
+AUTOATTACK_EQUIVALENT = ("apgd-ce", "apgd-t", "fab-t", "square")
+DEFAULT_ATTACKS = (CLEAN, *FIRST_PASS, *AUTOATTACK_EQUIVALENT, WORST)
+QUICK_ATTACKS = (CLEAN, "pgd20-ce", "pgd20-cw", "apgd20-t3", WORST)
+STANDARD_SET = "AutoAttack-standard equivalent"
+QUICK_SET = "quick (training monitor, weaker than AutoAttack)"
 BALL_TOLERANCE = 1e-5
+
+
+def attack_set_name(names: Sequence[str]) -> str:
+    """What an attack list compares to, for result tables: the AutoAttack-standard
+    equivalent (its four attacks in order, whatever runs before them), the quick set,
+    the official AutoAttack, or a custom list."""
+    attacks = [n for n in parse_attack_list(names) if n not in (CLEAN, WORST)]
+    tail = attacks[-len(AUTOATTACK_EQUIVALENT):]
+    if tuple(tail) == AUTOATTACK_EQUIVALENT:
+        return STANDARD_SET
+    if attacks == [n for n in QUICK_ATTACKS if n not in (CLEAN, WORST)]:
+        return QUICK_SET
+    if attacks == ["autoattack"]:
+        return "official AutoAttack (standard)"
+    return "custom" + (", with the official AutoAttack" if "autoattack" in attacks else "")
 
 
 @dataclass
 class EvalResult:
-    """Per-attack accuracy (fractions), correctness masks (n,) bool and seconds."""
+    """Per-row accuracy (fractions), correctness masks (n,) bool and seconds per attack.
+
+    ``independent`` False: row k counts the examples robust after attacks 1..k."""
 
     eps: float
     seed: int
     names: List[str]
     correct: Dict[str, Tensor]
     seconds: Dict[str, float] = field(default_factory=dict)
+    independent: bool = False
 
     @property
     def n(self) -> int:
@@ -43,9 +75,16 @@ class EvalResult:
     def accuracy(self) -> Dict[str, float]:
         return {name: float(self.correct[name].double().mean()) for name in self.names}
 
+    @property
+    def attack_set(self) -> str:
+        return attack_set_name(self.names)
+
     def to_dict(self) -> dict:
         return {
             "eps": self.eps, "seed": self.seed, "n_examples": self.n,
+            "attack_set": self.attack_set,
+            "rows": "each attack on every example" if self.independent else
+                    "cumulative: each attack on the examples still robust",
             "accuracy": self.accuracy, "seconds": self.seconds,
             "correct": {name: self.correct[name].int().tolist() for name in self.names},
         }
@@ -75,49 +114,82 @@ def _check_in_ball(name: str, attack: Attack, x: Tensor, x_adv: Tensor) -> None:
         raise RuntimeError(f"attack {name!r} returned a point outside the eps-ball or [0, 1]")
 
 
+class _Runner:
+    """Runs attacks on chosen examples of (x, y) in batches on the model's device."""
+
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, bar: tqdm):
+        self.model, self.x, self.y, self.batch_size, self.bar = model, x, y, batch_size, bar
+        self.device = _model_device(model, x.device)
+
+    def _batches(self, mask: Tensor):
+        idx = mask.nonzero().squeeze(1)
+        for start in range(0, idx.numel(), self.batch_size):
+            chunk = idx[start:start + self.batch_size]
+            yield chunk, self.x[chunk].to(self.device), self.y[chunk].to(self.device).long()
+            self.bar.update(chunk.numel() / max(idx.numel(), 1))
+
+    def clean(self) -> Tensor:
+        correct = torch.zeros(self.x.shape[0], dtype=torch.bool)
+        for chunk, xb, yb in self._batches(torch.ones_like(correct)):
+            correct[chunk] = (predict(self.model, xb) == yb).cpu()
+        return correct
+
+    def survivors(self, name: str, attack: Attack, todo: Tensor) -> Tensor:
+        """The examples of ``todo`` still classified correctly on the attack's output."""
+        survived = torch.zeros_like(todo)
+        if not bool(todo.any()):
+            self.bar.update(1)
+        for chunk, xb, yb in self._batches(todo):
+            x_adv = attack(self.model, xb, yb)
+            _check_in_ball(name, attack, xb, x_adv)
+            survived[chunk] = (predict(self.model, x_adv) == yb).cpu()
+        return survived
+
+
 def evaluate(model: nn.Module, x: Tensor, y: Tensor, eps: float,
              attacks: Sequence[str] = DEFAULT_ATTACKS, batch_size: int = 256, seed: int = 0,
-             backend: str = "auto", progress: bool = True, desc: Optional[str] = None
-             ) -> EvalResult:
-    """Evaluate ``model`` on (x, y) (on any device; batches move to the model's device)."""
+             backend: str = "auto", progress: bool = True, desc: Optional[str] = None,
+             independent: bool = False) -> EvalResult:
+    """Evaluate ``model`` on (x, y) (on any device; batches move to the model's device);
+    see the module docstring for what the rows mean."""
     names = parse_attack_list(attacks)
     attack_names = [n for n in names if n not in (CLEAN, WORST)]
     built = {n: build_attack(n, eps, seed=seed, backend=backend) for n in attack_names}
-    device = _model_device(model, x.device)
-    correct: Dict[str, List[Tensor]] = {n: [] for n in [CLEAN] + attack_names}
-    seconds = dict.fromkeys([CLEAN] + attack_names, 0.0)
-    starts = range(0, x.shape[0], batch_size)
-    bar = tqdm(total=len(starts) * (1 + len(attack_names)), desc=desc or "eval",
-               disable=not progress, leave=False)
+    bar = tqdm(total=1 + len(built), desc=desc or "eval", disable=not progress, leave=False,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    runner = _Runner(model, x, y, batch_size, bar)
+    seconds: Dict[str, float] = {}
     with eval_mode(model):
-        for start in starts:
-            xb = x[start:start + batch_size].to(device)
-            yb = y[start:start + batch_size].to(device).long()
+        began = time.perf_counter()
+        masks = {CLEAN: runner.clean()}
+        seconds[CLEAN] = time.perf_counter() - began
+        robust = masks[CLEAN].clone()
+        for name, attack in built.items():
+            bar.set_description(f"{desc or 'eval'} {name} eps={eps:.4g}")
             began = time.perf_counter()
-            clean = predict(model, xb) == yb
-            seconds[CLEAN] += time.perf_counter() - began
-            correct[CLEAN].append(clean.cpu())
-            bar.update()
-            for name, attack in built.items():
-                began = time.perf_counter()
-                x_adv = attack(model, xb, yb)
-                _check_in_ball(name, attack, xb, x_adv)
-                correct[name].append((clean & (predict(model, x_adv) == yb)).cpu())
-                seconds[name] += time.perf_counter() - began
-                bar.update()
+            masks[name] = runner.survivors(name, attack, masks[CLEAN] if independent else robust)
+            seconds[name] = time.perf_counter() - began
+            robust &= masks[name]
     bar.close()
-    masks = {n: torch.cat(parts) for n, parts in correct.items()}
     if WORST in names:
-        masks[WORST] = torch.stack([masks[n] for n in [CLEAN] + attack_names]).all(dim=0)
-    return EvalResult(float(eps), seed, names, masks, seconds)
+        masks[WORST] = robust
+    return EvalResult(float(eps), seed, names, masks, seconds, independent)
 
 
 def eps_sweep(model: nn.Module, x: Tensor, y: Tensor, eps_values: Sequence[float],
               attacks: Sequence[str] = DEFAULT_ATTACKS, **kwargs) -> Dict[float, float]:
-    """Worst-case robust accuracy over ``attacks`` at each radius in ``eps_values``
-    (at ε = 0 the ball is {x}, so it is the clean accuracy and no attack runs)."""
-    curve = {}
-    for eps in map(float, eps_values):
-        names = [CLEAN, WORST] if eps == 0 else list(attacks) + [WORST]
-        curve[eps] = evaluate(model, x, y, eps, names, **kwargs).accuracy[WORST]
-    return curve
+    """Worst-case robust accuracy over ``attacks`` at each radius in ``eps_values``.
+
+    At ε = 0 the ball is {x}: the clean accuracy, no attack runs. The radii run in
+    increasing order and each attacks only the examples still robust at the previous one:
+    the balls are nested inside one box, so an input that fools the model within a smaller
+    ε does so within every larger one (the curve is non-increasing by construction)."""
+    clean = evaluate(model, x, y, 0.0, [CLEAN], **kwargs).correct[CLEAN]
+    robust, curve = clean.clone(), {}
+    for eps in sorted(set(map(float, eps_values))):
+        idx = robust.nonzero().squeeze(1)
+        if eps > 0 and idx.numel() > 0:
+            result = evaluate(model, x[idx], y[idx], eps, list(attacks) + [WORST], **kwargs)
+            robust[idx] = result.correct[WORST]
+        curve[eps] = float(robust.double().mean())
+    return {float(e): curve[float(e)] for e in eps_values}

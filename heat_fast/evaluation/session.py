@@ -16,6 +16,7 @@ from heat_fast.evaluation.report import Cell, format_table
 from heat_fast.evaluation.robustness import DEFAULT_ATTACKS, EvalResult, eps_sweep, evaluate
 
 SECONDS_ROW = "train s/epoch"
+ATTACK_SET_ROW = "attack set"
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Settings:
     eps_sweep: Sequence[float] = ()
     sweep_attacks: Optional[Sequence[str]] = None
     progress: bool = True
+    independent: bool = False
 
 
 def _labels(paths: Sequence[Path]) -> List[str]:
@@ -68,7 +70,8 @@ def evaluate_checkpoints(paths: Sequence[str | Path], settings: Settings) -> Lis
             raise checkpoints.CheckpointError(f"{ckpt.path} records no eps; pass --eps")
         x, y = checkpoints.test_data(ckpt.config, settings.n_examples, settings.data_dir)
         common = dict(batch_size=settings.batch_size, seed=settings.seed,
-                      backend=settings.backend, progress=settings.progress)
+                      backend=settings.backend, progress=settings.progress,
+                      independent=settings.independent)
         result = evaluate(ckpt.model, x, y, float(eps), settings.attacks, desc=label, **common)
         sweep_attacks = settings.sweep_attacks or settings.attacks
         sweep = (eps_sweep(ckpt.model, x, y, settings.eps_sweep, sweep_attacks, **common)
@@ -79,7 +82,8 @@ def evaluate_checkpoints(paths: Sequence[str | Path], settings: Settings) -> Lis
 
 
 def table(reports: Sequence[CheckpointReport]) -> str:
-    """Robust accuracy (%) per attack, one column per checkpoint, plus the settings rows."""
+    """Robust accuracy (%) per attack, one column per checkpoint, plus the settings rows
+    (among them the attack set, so readers know what the worst case compares to)."""
     rows = list(dict.fromkeys(n for r in reports for n in r.result.names))
     columns: Dict[str, Dict[str, Cell]] = {}
     for r in reports:
@@ -87,10 +91,13 @@ def table(reports: Sequence[CheckpointReport]) -> str:
         column["framework"] = f"{r.config.get('framework', '?')}{'+HE' if r.config.get('he') else ''}"
         column["eps"] = f"{r.result.eps * 255:.2f}/255"
         column["n examples"] = str(r.result.n)
+        column[ATTACK_SET_ROW] = r.result.attack_set
         column[SECONDS_ROW] = None if r.seconds_per_epoch is None else f"{r.seconds_per_epoch:.2f}"
         columns[r.label] = column
-    return format_table(columns, ["framework"] + rows + ["eps", "n examples", SECONDS_ROW],
-                        title="robust accuracy (%)")
+    independent = any(r.result.independent for r in reports)
+    title = "robust accuracy (%)" + ("" if independent else ", cumulative")
+    return format_table(columns, ["framework"] + rows + ["eps", "n examples", ATTACK_SET_ROW,
+                                                         SECONDS_ROW], title=title)
 
 
 def write_outputs(reports: Sequence[CheckpointReport], settings: Settings, out: Path) -> List[Path]:
