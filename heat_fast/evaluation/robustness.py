@@ -14,10 +14,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from heat_fast import progress as progress_display
 from heat_fast.attacks import Attack, build_attack, eval_mode, predict
 from heat_fast.attacks.registry import parse_name
+from heat_fast.budget import format_eps
 
 CLEAN = "clean"
 WORST = "worst-case"
@@ -87,8 +88,9 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, eps: float,
     correct: Dict[str, List[Tensor]] = {n: [] for n in [CLEAN] + attack_names}
     seconds = dict.fromkeys([CLEAN] + attack_names, 0.0)
     starts = range(0, x.shape[0], batch_size)
-    bar = tqdm(total=len(starts) * (1 + len(attack_names)), desc=desc or "eval",
-               disable=not progress, leave=False)
+    passes = {n: progress_display.attack_passes(n) for n in [CLEAN] + attack_names}
+    bar = progress_display.bar(len(starts) * (1 + len(attack_names)), desc or "eval",
+                               enabled=progress)
     with eval_mode(model):
         for start in starts:
             xb = x[start:start + batch_size].to(device)
@@ -97,14 +99,14 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, eps: float,
             clean = predict(model, xb) == yb
             seconds[CLEAN] += time.perf_counter() - began
             correct[CLEAN].append(clean.cpu())
-            bar.update()
+            bar.update(units=len(yb) * passes[CLEAN], detail="clean")
             for name, attack in built.items():
                 began = time.perf_counter()
                 x_adv = attack(model, xb, yb)
                 _check_in_ball(name, attack, xb, x_adv)
                 correct[name].append((clean & (predict(model, x_adv) == yb)).cpu())
                 seconds[name] += time.perf_counter() - began
-                bar.update()
+                bar.update(units=len(yb) * passes[name], detail=f"{name} eps {format_eps(eps)}")
     bar.close()
     masks = {n: torch.cat(parts) for n, parts in correct.items()}
     if WORST in names:
