@@ -5,6 +5,7 @@ import os
 import stat
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -323,3 +324,27 @@ def test_l2_threat_model_trains_and_evaluates(tmp_path, capsys):
     from heat_fast.training.run import build_config, prepare
     run = prepare(build_config({"norm": "l2", "eps": 2.0, "out": str(tmp_path / "d")}), dry_run=True)
     assert run.trainer.framework.norm == "l2"
+
+
+def test_imagenet_trains_streamed_and_evaluates(tmp_path, capsys):
+    from PIL import Image
+
+    from heat_fast.cli.eval import main as eval_main
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 4), ("val", 2)):
+        for cls in ("a", "b"):
+            (tmp_path / "tree" / split / cls).mkdir(parents=True)
+            for i in range(count):
+                Image.fromarray(rng.integers(0, 256, (14, 18, 3), dtype=np.uint8)).save(
+                    tmp_path / "tree" / split / cls / f"{i}.jpg")
+    out = tmp_path / "run"
+    assert main(["--dataset", "imagenet", "--data-dir", str(tmp_path / "tree"), "--image-size", "12",
+                 "--model", "small-cnn", "--epochs", "1", "--batch-size", "4", "--steps", "1",
+                 "--workers", "0", "--eval-steps", "1", "--no-progress", "--threads", "1",
+                 "--out", str(out)]) == 0
+    cfg = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert (cfg["image_size"], cfg["num_classes"], cfg["in_channels"]) == (12, 2, 3)
+    assert _metrics(out)[0]["steps"] == 2 and _metrics(out)[0]["eval_examples"] == 4
+    capsys.readouterr()
+    assert eval_main([str(out), "--attacks", "pgd2-ce", "--no-progress", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoints"][0]["n_examples"] == 4
