@@ -122,16 +122,15 @@ def choose_threads(requested: Optional[int] = None,
             raise ValueError(f"--threads must be >= 1, got {requested}")
         return ThreadChoice(requested, "--threads", _oversubscribed(requested, usable, busy))
     env = os.environ.get(ENV_VAR, "").strip()
-    if env:
-        if env.isdigit() and int(env) >= 1:
-            return ThreadChoice(int(env), ENV_VAR)
-        raise ValueError(f"{ENV_VAR} must be an integer >= 1, got {env!r}")
+    if env.isdigit() and int(env) >= 1:
+        return ThreadChoice(int(env), ENV_VAR)
+    ignored = f"{ENV_VAR}={env!r} is not an integer >= 1, so it is ignored" if env else None
     share = max(1, usable // _local_processes())
     taken = busy(affinity_cpus())
     free = usable - math.ceil(max(0.0, taken - BUSY_TOLERANCE))
     count = max(1, min(share, free))
     source = f"auto: {usable} usable CPU{'s' if usable != 1 else ''}, {taken:.1f} busy with other processes"
-    return ThreadChoice(count, source)
+    return ThreadChoice(count, source, ignored)
 
 
 def _oversubscribed(count: int, usable: int,

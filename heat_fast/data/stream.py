@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from heat_fast.data.loader import batch_count, check_sharding, rank_batches
+
 # decode(path, seed) -> (H, W, C) uint8 image; seed < 0 means "no randomness" (evaluation)
 Decode = Callable[[str, int], np.ndarray]
 SEED_RANGE = 2 ** 31
@@ -66,30 +68,23 @@ class StreamLoader:
     def __init__(self, paths: np.ndarray, labels: Tensor, decode: Decode, batch_size: int,
                  generator: torch.Generator, workers: int = 0, rank: int = 0, world_size: int = 1,
                  pin_memory: bool = False):
-        if batch_size < 1 or workers < 0:
-            raise ValueError(f"need batch_size >= 1 and workers >= 0, got {batch_size}, {workers}")
-        if not 0 <= rank < world_size or batch_size % world_size:
-            raise ValueError(f"need 0 <= rank < world_size and batch_size divisible by world_size, "
-                             f"got rank {rank}, world_size {world_size}, batch_size {batch_size}")
+        check_sharding(batch_size, rank, world_size)
+        if workers < 0:
+            raise ValueError(f"workers must be >= 0, got {workers}")
         self.files = _Files(paths, labels, decode)
         self.batch_size, self.generator, self.workers = int(batch_size), generator, int(workers)
         self.rank, self.world_size, self.pin_memory = rank, world_size, pin_memory
         self.drop_last = world_size > 1
 
     def __len__(self) -> int:
-        n = len(self.files)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return batch_count(len(self.files), self.batch_size, self.drop_last)
 
     def _batches(self) -> List[List[Tuple[int, int]]]:
         n = len(self.files)
         order = torch.randperm(n, generator=self.generator).tolist()
         seeds = torch.randint(SEED_RANGE, (n,), generator=self.generator).tolist()
-        share = self.batch_size // self.world_size
-        batches = []
-        for b in range(len(self)):
-            start = b * self.batch_size + self.rank * share
-            batches.append([(i, seeds[i]) for i in order[start:start + share]])
-        return batches
+        return [[(i, seeds[i]) for i in part] for part in
+                rank_batches(order, self.batch_size, self.rank, self.world_size, self.drop_last)]
 
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor]]:
         loader = torch.utils.data.DataLoader(

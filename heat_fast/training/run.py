@@ -5,7 +5,7 @@ metrics, atomic checkpoints, a best checkpoint, a bit-exact resume and training 
 never touches an existing checkpoint); :meth:`TrainingRun.run` trains.
 
 Each epoch appends one line to ``metrics.jsonl``: lr, loss, the running train accuracies
-(see :data:`METRIC_DEFINITIONS`), clean and PGD accuracy on a fixed test subset and, with
+(defined precisely in the README's "What a run writes"), clean and PGD accuracy on a fixed test subset and, with
 ``val_split``, on the held-out validation examples, which then choose ``best.pt`` (else the
 test subset does, as the Bag-of-Tricks recipe did), the seconds and the torch thread count.
 
@@ -51,18 +51,6 @@ LAST, BEST, METRICS, CURVES, TENSORBOARD = ("last.pt", "best.pt", "metrics.jsonl
 EVAL_SEED_OFFSET = 1_000_003
 VAL_SEED_OFFSET = 7
 MAX_DEFAULT_WORKERS = 8
-METRIC_DEFINITIONS = {
-    "train_adv_acc": "accuracy of the training forward pass on each adversarial batch "
-                     "(model in train mode, before that batch's optimizer step), over the epoch",
-    "train_clean_acc": "accuracy on each clean training batch from the framework's clean "
-                       "forward pass: TRADES and ALP use their loss's clean pass (train mode, "
-                       "before the step), PGD-AT, FastAT and FreeAT an extra clean forward in "
-                       "crafting mode (BN in eval mode) after the step; null when none is made",
-    "test_clean_acc": "clean accuracy on the first eval_examples test images, eval mode, "
-                      "after the epoch",
-    "test_pgd_acc": "accuracy under PGD-eval_steps (eps, step eps/4, uniform start) on those "
-                    "images; an example counts only if also correct clean",
-}
 
 
 def build_config(values: Dict[str, object], preset_name: Optional[str] = None) -> TrainConfig:
