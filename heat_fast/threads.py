@@ -4,7 +4,7 @@ torch's default (one thread per core) is fastest on an idle machine, but when ot
 keep some cores busy its threads wait on each other at every parallel region and a run gets
 many times slower. :func:`choose_threads` takes, in order: ``--threads N``,
 ``OMP_NUM_THREADS``, or (auto) the usable CPUs (affinity, cgroup quota, shared among
-torchrun's local processes) minus those other processes keep busy, sampled from
+the job's processes on this machine) minus those other processes keep busy, sampled from
 ``/proc/stat`` for a fraction of a second (the 1-minute load average where that is not
 readable). The count is decided once, at the start of a command, and the run records it:
 results can differ in the last bits between thread counts (parallel reductions add in
@@ -104,10 +104,12 @@ def busy_cpus(cpus: Sequence[int], seconds: float = SAMPLE_SECONDS,
 
 
 def _local_processes() -> int:
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    """Processes of this job on this machine: torchrun's LOCAL_WORLD_SIZE, else WORLD_SIZE."""
+    for name in ("LOCAL_WORLD_SIZE", "WORLD_SIZE"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) >= 1:
+            return int(value)
+    return 1
 
 
 def choose_threads(requested: Optional[int] = None,

@@ -20,6 +20,7 @@ from heat_fast.training.schedules import lr_factor
 def test_auto_threads_leave_the_busy_cpus_free(monkeypatch, usable, busy, expected):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setattr(threads, "usable_cpus", lambda: usable)
     choice = threads.choose_threads(busy=lambda cpus: busy)
     assert choice.count == expected and choice.source.startswith(f"auto: {usable} usable CPU")
@@ -27,17 +28,21 @@ def test_auto_threads_leave_the_busy_cpus_free(monkeypatch, usable, busy, expect
 
 def test_explicit_threads_win_and_oversubscription_is_warned(monkeypatch):
     monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.choose_threads(busy=lambda cpus: 0.0) == threads.ThreadChoice(3, "OMP_NUM_THREADS")
     assert threads.choose_threads(1, busy=lambda cpus: 2.0).warning is None
     assert "exceeds the 2 usable CPUs" in threads.choose_threads(4, busy=lambda cpus: 0.0).warning
     assert "many times slower than --threads 1" in threads.choose_threads(2, busy=lambda cpus: 1.0).warning
     monkeypatch.delenv("OMP_NUM_THREADS")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # torchrun: two processes share the CPUs
+    monkeypatch.setenv("WORLD_SIZE", "2")  # two processes share the CPUs
     assert threads.choose_threads(busy=lambda cpus: 0.0).count == 1
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")  # torchrun: one of them on this machine
+    assert threads.choose_threads(busy=lambda cpus: 0.0).count == 2
     monkeypatch.setenv("OMP_NUM_THREADS", "many")
     ignored = threads.choose_threads(busy=lambda cpus: 0.0)
-    assert ignored.count == 1 and "OMP_NUM_THREADS='many' is not an integer" in ignored.warning
+    assert ignored.count == 2 and "OMP_NUM_THREADS='many' is not an integer" in ignored.warning
 
 
 def test_cgroup_quota_and_proc_stat_sampling(tmp_path, monkeypatch):

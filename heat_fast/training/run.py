@@ -101,8 +101,9 @@ class TrainingRun:
     def __init__(self, config: TrainConfig, trainer: Trainer,
                  eval_sets: Dict[str, Tuple[Tensor, Tensor]], out: Path, start_epoch: int = 0,
                  best: Optional[dict] = None, ema: Optional[WeightEMA] = None,
-                 show_progress: bool = True):
+                 show_progress: bool = True, steps_per_epoch: int = 0):
         self.config, self.trainer, self.out, self.eval_sets = config, trainer, out, eval_sets
+        self.steps_per_epoch = steps_per_epoch
         self.start_epoch, self.best, self.ema = start_epoch, best or {}, ema
         self.show_progress = show_progress
         self.resumed_threads: Optional[int] = None  # the thread count of the run resumed
@@ -135,9 +136,6 @@ class TrainingRun:
         self.trainer.leave_process_group()
 
     # --- the plan and its cost, for the progress display -------------------------------
-    def steps_per_epoch(self) -> int:
-        return int(self.trainer._num_steps() or 0)
-
     def unit_costs(self) -> Dict[str, float]:
         """Units (example forward/backward passes) per training step."""
         cfg = self.config
@@ -148,7 +146,7 @@ class TrainingRun:
 
     def planned_units(self) -> float:
         """The work left in this run, in :mod:`heat_fast.progress` units."""
-        per_epoch = self.steps_per_epoch() * self.unit_costs()["train"] + self.eval_units()
+        per_epoch = self.steps_per_epoch * self.unit_costs()["train"] + self.eval_units()
         return (self.config.epochs - self.start_epoch) * per_epoch
 
     def plan(self) -> str:
@@ -157,7 +155,7 @@ class TrainingRun:
         attack = {"free-at": f"FreeAT m={cfg.steps} replays", "fast-at": "FGSM"}.get(
             cfg.framework, f"PGD-{cfg.steps}")
         sets = ", ".join(f"{x.shape[0]} {name}" for name, (x, _) in self.eval_sets.items())
-        return (f"plan: epochs {self.start_epoch + 1}..{cfg.epochs} x {self.steps_per_epoch()} "
+        return (f"plan: epochs {self.start_epoch + 1}..{cfg.epochs} x {self.steps_per_epoch} "
                 f"steps ({attack}: {step_passes(cfg.framework, cfg.steps)} passes of {cfg.model} "
                 f"per example, batch {cfg.batch_size}), then PGD-{cfg.eval_steps} on {sets} "
                 f"examples; best.pt by {self.selects_on} PGD accuracy")
@@ -459,7 +457,8 @@ def _build(config: TrainConfig, data: Union[Dataset, ImageFolder], out: Path,
         if source is not None:
             x, y = source.test_subset(config.eval_examples)
             eval_sets[name] = (x.to(device), y.to(device))
-    run = TrainingRun(config, trainer, eval_sets, out, ema=ema, show_progress=show_progress)
+    run = TrainingRun(config, trainer, eval_sets, out, ema=ema, show_progress=show_progress,
+                      steps_per_epoch=iters)
     if state is not None:
         _restore(run, state, out / LAST)
         run.resumed_threads = state["config"].get("threads")
