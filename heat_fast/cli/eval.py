@@ -115,8 +115,10 @@ def _norm(args: argparse.Namespace, loaded: Sequence[Checkpoint]) -> str:
 
 
 def _settings(args: argparse.Namespace, norm: str) -> Settings:
-    for value in ([args.eps] if args.eps is not None else []) + list(args.eps_sweep):
-        check_budget(value, "--eps" if value is args.eps else "--eps-sweep", norm)
+    if args.eps is not None:
+        check_budget(args.eps, "--eps", norm)
+    for value in args.eps_sweep:
+        check_budget(value, "--eps-sweep", norm)
     return Settings(attacks=with_norm(args.attacks, norm), eps=args.eps, n_examples=args.n_examples,
                     batch_size=args.batch_size, seed=args.seed, device=args.device,
                     backend=args.backend, data_dir=args.data_dir, eps_sweep=args.eps_sweep,
