@@ -244,7 +244,7 @@ def test_dry_run_checks_and_plans_but_writes_nothing(tmp_path, capsys):
     out = tmp_path / "run"
     assert main([*QUICK, "--out", str(out), "--dry-run"]) == 0
     printed = capsys.readouterr().out
-    assert "plan: epochs 1..2 x 3 steps (PGD-2: 3 passes of small-cnn" in printed
+    assert "plan: epochs 1..2 x 3 steps = 6 steps (PGD-2: 3 passes of small-cnn (0.024M parameters)" in printed
     assert "nothing was trained or written" in printed and not out.exists()
 
 

@@ -155,10 +155,14 @@ class TrainingRun:
         attack = {"free-at": f"FreeAT m={cfg.steps} replays", "fast-at": "FGSM"}.get(
             cfg.framework, f"PGD-{cfg.steps}")
         sets = ", ".join(f"{x.shape[0]} {name}" for name, (x, _) in self.eval_sets.items())
+        millions = sum(p.numel() for p in self.model.parameters()) / 1e6
+        epochs = cfg.epochs - self.start_epoch
         return (f"plan: epochs {self.start_epoch + 1}..{cfg.epochs} x {self.steps_per_epoch} "
-                f"steps ({attack}: {step_passes(cfg.framework, cfg.steps)} passes of {cfg.model} "
-                f"per example, batch {cfg.batch_size}), then PGD-{cfg.eval_steps} on {sets} "
-                f"examples; best.pt by {self.selects_on} PGD accuracy")
+                f"steps = {epochs * self.steps_per_epoch} steps ({attack}: "
+                f"{step_passes(cfg.framework, cfg.steps)} passes of {cfg.model} ({millions:.2g}M "
+                f"parameters) per example, batch {cfg.batch_size}, on {self.trainer.device.type}), "
+                f"then PGD-{cfg.eval_steps} on {sets} examples each epoch; best.pt by "
+                f"{self.selects_on} PGD accuracy")
 
     # --- checkpoints -----------------------------------------------------------------
     def _rank_states(self) -> Optional[List[dict]]:
