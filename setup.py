@@ -123,7 +123,9 @@ setup(
     packages=find_packages(include=["heat_fast*"]),
     python_requires=">=3.10",
     install_requires=["torch>=2.6", "numpy", "tqdm", "scikit-learn"],
-    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis"], "plot": ["matplotlib"]},
+    # none of the extras depends on torch, so none pulls another torch build
+    extras_require={"test": ["pytest", "pytest-benchmark", "hypothesis", "pyyaml", "tensorboard"],
+                    "plot": ["matplotlib"], "tensorboard": ["tensorboard"], "yaml": ["pyyaml"]},
     entry_points={"console_scripts": ["heat-fast = heat_fast.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

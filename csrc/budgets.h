@@ -1,6 +1,6 @@
 // Budgets (csrc/budget.h) from the tensors the heat_fast_C pgd ops take, with their checks.
 // A budget tensor is a float32 0-d CPU tensor (one value, read on the host) or a float32 tensor
-// on the images' device whose shape broadcasts to theirs (heat_fast/_budgets.py).
+// on the images' device whose shape broadcasts to theirs (heat_fast/_step_args.py).
 #pragma once
 
 #include <ATen/ExpandUtils.h>

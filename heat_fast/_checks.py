@@ -138,8 +138,8 @@ def check_reduction(reduction: str) -> None:
 
 
 def check_norm(norm: str) -> str:
-    """'linf' or 'l2' from any of their spellings (heat_fast._budgets.canonical_norm)."""
-    from heat_fast._budgets import canonical_norm
+    """'linf' or 'l2' from any of their spellings (heat_fast._step_args.canonical_norm)."""
+    from heat_fast._step_args import canonical_norm
 
     return canonical_norm(norm)
 

@@ -64,20 +64,99 @@ def test_cifar_missing_and_corrupt_files(tmp_path):
         load_dataset("cifar10", str(tmp_path))
 
 
-def test_imagenet_folders(tmp_path):
+def _image_tree(root, sizes=((20, 30), (33, 17), (24, 24)), per_class=(3, 2)):
+    """train/ and val/ class folders of random RGB images of the given sizes."""
     from PIL import Image
     rng = np.random.default_rng(0)
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            for i in range(2):
-                pixels = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
-                Image.fromarray(pixels).save(tmp_path / split / cls / f"{i}.png")
+    for split, count in zip(("train", "val"), per_class):
+        for cls in ("cat", "dog", "eel"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(count):
+                h, w = sizes[i % len(sizes)]
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.png")
+
+
+def test_imagenet_streams_from_file_paths(tmp_path):
+    from PIL import Image
+    _image_tree(tmp_path)
     data = load_dataset("imagenet", str(tmp_path), image_size=16)
-    assert data.train_x.shape == (4, 3, 16, 16) and data.test_y.tolist() == [0, 0, 1, 1]
-    assert data.extra["classes"] == ["cat", "dog"]
+    assert (data.train_size, data.test_size, data.num_classes, data.in_channels) == (9, 6, 3, 3)
+    assert data.train_paths.dtype.kind == "S"  # paths only, as one byte array
+    assert data.extra["classes"] == ["cat", "dog", "eel"]
+    x, y = data.test_subset(4)
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    assert y.tolist() == [0, 1, 2, 0]  # round-robin over the classes
+    # evaluation crop: shorter side to round(16 / 0.875) = 18, then the center 16x16
+    with Image.open(tmp_path / "val" / "cat" / "0.png") as img:
+        img = img.convert("RGB").resize((27, 18), Image.BILINEAR)
+        expected = np.asarray(img.crop((5, 1, 21, 17)), dtype=np.float32) / 255
+    assert torch.allclose(x[0], torch.from_numpy(expected).permute(2, 0, 1))
     with pytest.raises(DatasetError, match="train"):
         load_dataset("imagenet", str(tmp_path / "nowhere"))
+
+
+def test_imagenet_batches_do_not_depend_on_the_workers_and_resume(tmp_path):
+    _image_tree(tmp_path)
+    data = {w: load_dataset("imagenet", str(tmp_path), image_size=12, workers=w) for w in (0, 2)}
+    epochs = {}
+    for workers, d in data.items():
+        loader = d.train_loader(4, torch.Generator().manual_seed(5))
+        epochs[workers] = [list(loader), list(loader)]
+    for a, b in zip(epochs[0], epochs[2]):
+        assert len(a) == 3 and all(torch.equal(xa, xb) and torch.equal(ya, yb)
+                                   for (xa, ya), (xb, yb) in zip(a, b))
+    first, second = epochs[0]
+    assert not torch.equal(first[0][0], second[0][0])  # a new order and new crops each pass
+    assert sorted(torch.cat([y for _, y in first]).tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    loader = data[0].train_loader(4, torch.Generator().manual_seed(5))
+    list(loader)
+    state = loader.state_dict()
+    again = data[0].train_loader(4, torch.Generator().manual_seed(99))
+    again.load_state_dict(state)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(list(again), second))
+    shards = [data[0].train_loader(4, torch.Generator().manual_seed(5), rank=r, world_size=2)
+              for r in (0, 1)]
+    halves = [list(s) for s in shards]
+    assert len(halves[0]) == 2 and all(x.shape[0] == 2 for part in halves for x, _ in part)
+    for (x0, _), (x1, _), (x, _) in zip(halves[0], halves[1], first):
+        assert torch.equal(torch.cat([x0, x1]), x)  # the shards make up the global batch
+
+
+def test_random_resized_crop_boxes_follow_the_recipe():
+    from heat_fast.data.imagenet import _random_resized_box
+    rng = np.random.default_rng(0)
+    for width, height in ((40, 30), (300, 200), (50, 500)):
+        for _ in range(200):
+            left, top, w, h = _random_resized_box(width, height, rng)
+            assert 0 <= left and left + w <= width and 0 <= top and top + h <= height
+            inside = 0.08 * width * height * 0.9 <= w * h <= width * height
+            ratio_ok = 3 / 4 * 0.9 <= w / h <= 4 / 3 * 1.1
+            fallback = (w, h) in ((width, round(width / min(max(width / height, 0.75), 4 / 3))),
+                                  (round(height * min(max(width / height, 0.75), 4 / 3)), height))
+            assert (inside and ratio_ok) or fallback, (width, height, w, h)
+
+
+def test_validation_split_is_seeded_disjoint_and_leaves_the_test_set(tmp_path):
+    data = load_dataset("digits")
+    rest, val = data.split_validation(0.1, seed=3)
+    again, val_again = data.split_validation(0.1, seed=3)
+    assert rest.train_size == 1437 - 144 and val.test_size == 144
+    assert torch.equal(val.test_x, val_again.test_x) and torch.equal(rest.train_y, again.train_y)
+    assert torch.equal(rest.test_x, data.test_x)
+    seen = {tuple(row.tolist()) for row in data.train_x.flatten(1)}
+    held = {tuple(row.tolist()) for row in val.test_x.flatten(1)}
+    kept = {tuple(row.tolist()) for row in rest.train_x.flatten(1)}
+    assert held <= seen and kept <= seen and len(held & kept) <= 2  # digits has a few duplicates
+    assert not torch.equal(data.split_validation(0.1, seed=4)[1].test_y, val.test_y)
+    with pytest.raises(DatasetError, match="both need at least one"):
+        data.split_validation(0.0001, seed=0)
+    _image_tree(tmp_path)
+    tree = load_dataset("imagenet", str(tmp_path), image_size=8)
+    tree_rest, tree_val = tree.split_validation(1 / 3, seed=0)
+    assert (tree_rest.train_size, tree_val.test_size) == (6, 3)
+    assert not set(tree_rest.train_paths.tolist()) & set(tree_val.test_paths.tolist())
+    assert tree_val.test_subset(2)[0].shape == (2, 3, 8, 8)
 
 
 def test_synthetic_any_shape_and_unknown_names():

@@ -261,7 +261,8 @@ def test_cli_checkpoint_loads_in_one_process_and_resume_is_bit_exact(spawned):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert _metrics(full / "metrics.jsonl") == _metrics(cut / "metrics.jsonl")
     assert [m["epoch"] for m in _metrics(full / "metrics.jsonl")] == [1, 2]
-    assert sorted(p.name for p in full.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in full.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl",
+                                                     "training_curves.png"]
 
 
 def test_torchrun_runs_heat_fast_train(tmp_path):
@@ -273,7 +274,7 @@ def test_torchrun_runs_heat_fast_train(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.count("done: 1 epochs") == 1  # only rank 0 prints
+    assert done.stdout.count("done: 1 epoch in") == 1  # only rank 0 prints
     model, _ = load_model(out / "last.pt")
     assert model.he
 

@@ -1,63 +1,66 @@
 """``heat-fast eval CKPT [CKPT ...]``: robust accuracy of checkpoints side by side.
 
-Each checkpoint (a ``heat-fast train`` run directory or its ``last.pt``) is evaluated on
-the first ``--n-examples`` test images of its own dataset under every attack in
+Each checkpoint (a ``heat-fast train`` run directory or its ``last.pt``; with
+``--model-factory module:function``, a plain state dict of the model that function builds)
+is evaluated on the first ``--n-examples`` test images of its dataset under every attack in
 ``--attacks``, each on the examples still robust after the attacks before it, plus the
 per-example worst case over all of them. The default attacks are heat_fast's equivalent of
 AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square) after a PGD-20 first pass;
-``--quick`` is a cheap set for monitoring training. Prints one table; with
+``--quick`` is a cheap set for monitoring training. Prints the plan, then one table; with
 ``--out`` writes ``eval.json`` and, with ``--eps-sweep``, ``eps_sweep.png``. Exit status 2
 for bad arguments or a missing, corrupt or mismatched checkpoint, with a one-line message.
 """
 from __future__ import annotations
 
 import argparse
-import sys
-from fractions import Fraction
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 
+from heat_fast import progress
 from heat_fast.attacks import AutoAttackUnavailableError
-from heat_fast.data import DatasetError
-from heat_fast.evaluation import (DEFAULT_ATTACKS, QUICK_ATTACKS, CheckpointError, Settings,
-                                  WORST, evaluate_checkpoints, parse_attack_list, table,
+from heat_fast.budget import NORMS, BudgetError, check_budget, format_eps
+from heat_fast.cli.common import (add_common_arguments, budget, error, human_stream,
+                                  positive_int, print_json, say, threads_for)
+from heat_fast.data import DATASET_NAMES, DatasetError, load_dataset_for
+from heat_fast.evaluation import (CLEAN, DEFAULT_ATTACKS, QUICK_ATTACKS, WORST, CheckpointError,
+                                  Settings, evaluate_checkpoints, parse_attack_list, table,
                                   write_outputs)
+from heat_fast.evaluation.checkpoints import Checkpoint, load
+from heat_fast.evaluation.session import eval_payload
 
-
-def parse_eps(text: str) -> float:
-    """A radius as a float ("0.03") or a fraction ("8/255"); must be >= 0."""
-    try:
-        value = float(Fraction(text.strip()))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number like 0.031 or 8/255, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"eps must be >= 0, got {text}")
-    return value
+PROG = "heat-fast eval"
 
 
 def parse_eps_list(text: str) -> List[float]:
-    return [parse_eps(part) for part in text.split(",") if part.strip()]
+    return [budget(part) for part in text.split(",") if part.strip()]
 
 
 def parse_attacks(text: str) -> List[str]:
     """The attack list, with clean first and the worst case always last."""
     try:
         return parse_attack_list(text.split(",") + [WORST])
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
+def with_norm(names: Sequence[str], norm: str) -> List[str]:
+    """``names`` with ``-l2`` appended to each attack that names no norm, for ``norm`` l2."""
+    if norm == "linf":
+        return list(names)
+    named = [n if n in (CLEAN, WORST) or {"linf", "l2"} & set(n.split("-")) else f"{n}-{norm}"
+             for n in names]
+    try:
+        return parse_attack_list(named)
+    except ValueError as err:
+        raise CheckpointError(f"--norm {norm}: {err}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="heat-fast eval", description=__doc__,
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", help="run directories or .pt checkpoint files")
+    parser.add_argument("checkpoints", nargs="+",
+                        help="run directories or .pt checkpoint files (state dicts with --model-factory)")
     attack_set = parser.add_mutually_exclusive_group()
     attack_set.add_argument("--attacks", type=parse_attacks, default=list(DEFAULT_ATTACKS),
                             help="comma list, e.g. clean,fgsm,pgd20-ce,pgd20-cw,pgd50-dlr-r5,mim10,"
@@ -69,8 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--independent", action="store_true",
                         help="run every attack on every example (each row its own accuracy) "
                              "instead of only on the examples still robust")
-    parser.add_argument("--eps", type=parse_eps, default=None,
-                        help="L-inf radius, e.g. 8/255 (default: each checkpoint's training eps)")
+    parser.add_argument("--eps", type=budget, default=None,
+                        help="radius in [0, 1] pixel units, e.g. 8/255 or 0.031 "
+                             "(default: each checkpoint's training eps)")
+    parser.add_argument("--norm", choices=NORMS, default=None,
+                        help="threat model; l2 runs each attack's L2 form "
+                             "(default: the checkpoints' training norm, else linf)")
     parser.add_argument("--n-examples", type=positive_int, default=1000,
                         help="first N test images (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=256)
@@ -84,31 +91,110 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma list of radii, e.g. 0,2/255,4/255,8/255 (needs --out)")
     parser.add_argument("--sweep-attacks", type=parse_attacks, default=None,
                         help="attacks whose worst case the sweep plots (default: --attacks)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    factory = parser.add_argument_group("any model (instead of heat-fast train checkpoints)")
+    factory.add_argument("--model-factory", metavar="MODULE:FUNCTION", default=None,
+                         help="function (in an importable module or a .py file) that takes no "
+                              "arguments and returns the nn.Module; inputs in [0, 1]; each "
+                              "CKPT is then a state dict; needs --dataset and --eps")
+    factory.add_argument("--dataset", choices=DATASET_NAMES, default=None,
+                         help="the test set for --model-factory models")
+    add_common_arguments(parser, default_suppressed=True)
     return parser
 
 
-def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(attacks=args.attacks, eps=args.eps, n_examples=args.n_examples,
+def _load(args: argparse.Namespace) -> List[Checkpoint]:
+    if args.model_factory is None:
+        return [load(p, args.device) for p in args.checkpoints]
+    from heat_fast.cli.model_factory import load_with_factory
+
+    if args.dataset is None or args.eps is None:
+        raise CheckpointError("--model-factory needs --dataset (its test set) and --eps "
+                              "(a state dict records neither)")
+    config = {"dataset": args.dataset, "data_dir": args.data_dir, "eps": args.eps,
+              "norm": args.norm or "linf"}
+    return [load_with_factory(p, args.model_factory, config, args.device) for p in args.checkpoints]
+
+
+def _norm(args: argparse.Namespace, loaded: Sequence[Checkpoint]) -> str:
+    if args.norm is not None:
+        return args.norm
+    norms = sorted({str(c.config.get("norm", "linf")) for c in loaded})
+    if len(norms) > 1:
+        raise CheckpointError(f"the checkpoints were trained under different norms ({', '.join(norms)}); "
+                              "pass --norm")
+    return norms[0]
+
+
+def _settings(args: argparse.Namespace, norm: str) -> Settings:
+    if args.eps is not None:
+        check_budget(args.eps, "--eps", norm)
+    for value in args.eps_sweep:
+        check_budget(value, "--eps-sweep", norm)
+    return Settings(attacks=with_norm(args.attacks, norm), eps=args.eps, n_examples=args.n_examples,
                     batch_size=args.batch_size, seed=args.seed, device=args.device,
                     backend=args.backend, data_dir=args.data_dir, eps_sweep=args.eps_sweep,
-                    sweep_attacks=args.sweep_attacks, independent=args.independent,
+                    sweep_attacks=(with_norm(args.sweep_attacks, norm)
+                                   if args.sweep_attacks else None),
+                    independent=args.independent,
                     progress=not args.no_progress)
+
+
+def units_per_example(settings: Settings) -> float:
+    """The cost of one test image under ``settings`` (attacks and sweep), in
+    :mod:`heat_fast.progress` units."""
+    sweep = [n for n in (settings.sweep_attacks or settings.attacks) if n not in (CLEAN, WORST)]
+    sweep_cost = sum(1 + (sum(map(progress.attack_passes, sweep)) if eps else 0)
+                     for eps in settings.eps_sweep)
+    return sum(map(progress.attack_passes, settings.attacks)) + sweep_cost
+
+
+def plan(loaded: Sequence[Checkpoint], settings: Settings) -> tuple:
+    """(the plan's lines, its cost in :mod:`heat_fast.progress` units)."""
+    lines, units = [f"eval plan: {len(loaded)} checkpoint{'s' if len(loaded) != 1 else ''}"], 0.0
+    for ckpt in loaded:
+        n = min(settings.n_examples or 0, load_dataset_for(ckpt.config, settings.data_dir).test_size)
+        eps = settings.eps if settings.eps is not None else ckpt.config.get("eps")
+        units += n * units_per_example(settings)
+        lines.append(f"  {ckpt.path}: {n} {ckpt.config.get('dataset')} test images, "
+                     f"eps {format_eps(eps) if eps is not None else '?'}")
+    lines.append("  attacks: " + ", ".join(
+        f"{n} ({progress.attack_passes(n)} passes)" if progress.attack_passes(n) > 1 else n
+        for n in settings.attacks))
+    if settings.eps_sweep:
+        sweep = [n for n in (settings.sweep_attacks or settings.attacks) if n not in (CLEAN, WORST)]
+        lines.append(f"  eps sweep: {', '.join(format_eps(e) for e in settings.eps_sweep)} "
+                     f"with {', '.join(sweep)}")
+    return lines, units
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.eps_sweep and not args.out:
-        parser.error("--eps-sweep writes a plot: give --out DIR")
-    settings = settings_from(args)
     try:
-        reports = evaluate_checkpoints(args.checkpoints, settings)
-    except (CheckpointError, DatasetError, AutoAttackUnavailableError) as error:
-        print(f"heat-fast eval: error: {error}", file=sys.stderr)
-        return 2
-    print(table(reports))
+        args = parser.parse_args(argv)
+        if args.eps_sweep and not args.out:
+            parser.error("--eps-sweep writes a plot: give --out DIR")
+    except SystemExit as exc:  # argparse printed usage and the error
+        return int(exc.code or 0)
+    human = human_stream(args.json)
+    try:
+        loaded = _load(args)
+        settings = _settings(args, _norm(args, loaded))
+        lines, units = plan(loaded, settings)
+    except (CheckpointError, DatasetError, BudgetError) as err:
+        return error(PROG, err)
+    with threads_for(args.threads, human) as count:
+        settings.threads = count
+        for line in lines:
+            say(human, line)
+        try:
+            with progress.Tracker(units, mode="off" if args.no_progress else "auto"):
+                reports = evaluate_checkpoints(loaded, settings)
+        except (CheckpointError, DatasetError, AutoAttackUnavailableError) as err:
+            return error(PROG, err)
+    say(human, table(reports))
     if args.out:
         for path in write_outputs(reports, settings, args.out):
-            print(f"wrote {path}")
+            say(human, f"wrote {path}")
+    if args.json:
+        print_json(eval_payload(reports, settings))
     return 0

@@ -1,25 +1,29 @@
 """``heat-fast train``: adversarial training (PGD-AT, ALP, TRADES, FreeAT, FastAT), HE on or off.
 
-Only the flags given on the command line override the preset (``--preset``) and the
-defaults; a resumed run (``--resume``) continues with its saved configuration. Under
-``torchrun`` the same command trains data-parallel (DDP); only rank 0 prints and writes.
+Settings come from, lowest first: the defaults, ``--preset``, ``--config FILE`` (TOML or
+YAML, the same names as the flags), then the flags given on the command line. A resumed run
+(``--resume``) continues with its saved configuration. ``--print-config`` prints the
+resolved settings as TOML (a valid ``--config`` file) and ``--dry-run`` does every check and
+read of a real run, prints its plan and writes nothing. Under ``torchrun`` the same command
+trains data-parallel (DDP); only rank 0 prints and writes.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from fractions import Fraction
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 
+from heat_fast.budget import NORMS, format_eps
+from heat_fast.cli.common import (add_common_arguments, budget, error, human_stream, print_json,
+                                  say, threads_for)
 from heat_fast.data import DATASET_NAMES
 from heat_fast.data.base import DatasetError
 from heat_fast.models import MODEL_NAMES
 from heat_fast.ops import BackendUnavailableError
 from heat_fast.training.checkpoint import CheckpointError
-from heat_fast.training.config import ConfigError
-from heat_fast.training.distributed import DistributedError
+from heat_fast.training.config import OPTIMIZERS, ConfigError, read_config_file, to_toml
 from heat_fast.training.crafting import STARTS
+from heat_fast.training.distributed import DistributedError
 from heat_fast.training.frameworks import FRAMEWORKS
 from heat_fast.training.presets import PRESET_NAMES
 from heat_fast.training.schedules import SCHEDULES
@@ -27,23 +31,16 @@ from heat_fast.training.schedules import SCHEDULES
 if TYPE_CHECKING:
     from heat_fast.training.run import TrainingRun
 
-EXAMPLE = ("example (a few minutes on a 2-core CPU):\n"
+PROG = "heat-fast train"
+EXAMPLE = ("example (under a minute on a 2-core CPU):\n"
            "  heat-fast train --framework pgd-at --he --dataset digits --epochs 5 --out runs/x\n"
            "data-parallel on 4 GPUs (--batch-size is the global batch, split over the processes):\n"
            "  torchrun --nproc_per_node=4 -m heat_fast train --preset pgd-at-he --data-dir DIR")
-
-
-def pixel_budget(text: str) -> float:
-    """Parse a budget in [0, 1] pixel units: a fraction '8/255' or a float '0.031'."""
-    try:
-        value = float(Fraction(text)) if "/" in text else float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a number like 8/255 or 0.031, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    if value > 1:
-        raise argparse.ArgumentTypeError(f"is in [0, 1] pixel units, got {text} (did you mean {text}/255?)")
-    return value
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendUnavailableError,
+               DistributedError, FileNotFoundError)
+# flags that steer the command rather than set a config value
+CONTROL_FLAGS = ("preset", "resume", "overwrite", "no_progress", "json", "dist_backend",
+                 "config", "print_config", "dry_run")
 
 
 def _int_list(text: str) -> List[int]:
@@ -55,23 +52,33 @@ def _int_list(text: str) -> List[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="heat-fast train", argument_default=argparse.SUPPRESS, epilog=EXAMPLE,
+        prog=PROG, argument_default=argparse.SUPPRESS, epilog=EXAMPLE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Adversarially train a model; writes DIR/metrics.jsonl (one line per epoch), "
-                    "DIR/last.pt every epoch and DIR/best.pt (best test PGD accuracy).")
+                    "DIR/last.pt every epoch, DIR/best.pt (best PGD accuracy on the validation "
+                    "split, or on the test subset without one) and DIR/training_curves.png.")
     on_off = argparse.BooleanOptionalAction
     run = p.add_argument_group("run")
-    run.add_argument("--preset", choices=PRESET_NAMES, help="published recipe setting the defaults")
+    run.add_argument("--preset", choices=PRESET_NAMES,
+                     help="published recipe setting the defaults (heat-fast presets lists them)")
+    run.add_argument("--config", metavar="FILE",
+                     help="TOML or YAML file of settings (the flag names; flags given here win)")
+    run.add_argument("--print-config", action="store_true", default=False,
+                     help="print the resolved settings as TOML (usable as --config) and exit")
+    run.add_argument("--dry-run", action="store_true", default=False,
+                     help="check everything and load the data, print the plan, train and write nothing")
     run.add_argument("--framework", choices=FRAMEWORKS, help="training framework (default pgd-at)")
     run.add_argument("--he", action=on_off, help="hypersphere-embedding head and losses (default off)")
     run.add_argument("--dataset", choices=DATASET_NAMES, help="default digits")
     run.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, cifar-100-python/ or train/ + val/")
     run.add_argument("--model", choices=MODEL_NAMES,
                      help="default per dataset: small-cnn (digits), preact-resnet18 (cifar), resnet50 (imagenet)")
-    run.add_argument("--image-size", type=int, help="imagenet resize/crop size (default 224)")
+    run.add_argument("--image-size", type=int, help="imagenet crop size (default 224)")
+    run.add_argument("--workers", type=int,
+                     help="imagenet decoding processes (default: the usable CPUs, at most 8)")
     run.add_argument("--out", help="output folder (default runs/FRAMEWORK[-he]-DATASET)")
     run.add_argument("--resume", action="store_true", default=False,
-                     help="continue the run in --out from last.pt (bit-exact on CPU)")
+                     help="continue the run in --out from last.pt (bit-exact on CPU with the same --threads)")
     run.add_argument("--overwrite", action="store_true", default=False,
                      help="start over even if --out already holds a checkpoint")
     run.add_argument("--seed", type=int, help="default 0")
@@ -79,17 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, help="default 10")
     opt.add_argument("--batch-size", type=int, help="default 128 (64 on digits)")
-    opt.add_argument("--lr", type=float, help="base / peak learning rate (default 0.1)")
+    opt.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
+                     help="sgd (default), nesterov (SGD with Nesterov momentum) or adamw")
+    opt.add_argument("--lr", type=float, help="base / peak learning rate (default 0.1; adamw 1e-3)")
     opt.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
-    opt.add_argument("--weight-decay", type=float, help="default 5e-4")
-    opt.add_argument("--schedule", choices=SCHEDULES, help="default multistep (cyclic for fast-at: 0 → lr → 0)")
+    opt.add_argument("--weight-decay", type=float, help="default 5e-4 (decoupled for adamw)")
+    opt.add_argument("--schedule", choices=SCHEDULES,
+                     help="default multistep (cyclic for fast-at: 0 → lr → 0; cosine: lr → 0)")
+    opt.add_argument("--warmup-epochs", type=float,
+                     help="linear lr warmup over this many epochs, any schedule (default 0)")
     opt.add_argument("--milestones", type=_int_list,
                      help="0-based epochs from which lr ×gamma, e.g. 74 or 100,105 (default 50%%,75%% of the epochs)")
     opt.add_argument("--gamma", type=float, help="multistep decay (default 0.1)")
+    opt.add_argument("--label-smoothing", type=float, help="of the training loss (default 0)")
+    opt.add_argument("--ema", type=float, metavar="DECAY",
+                     help="keep an EMA of the weights with this decay, e.g. 0.999; it is what the "
+                          "per-epoch evaluation, best.pt and heat-fast eval use (default 0: off)")
     opt.add_argument("--max-steps-per-epoch", type=int, help="cap the batches per epoch (quick runs)")
     atk = p.add_argument_group("attack and loss (budgets in [0, 1] pixel units: 8/255 or 0.031)")
-    atk.add_argument("--eps", type=pixel_budget, help="L∞ budget (default 8/255; 0.1 on digits)")
-    atk.add_argument("--alpha", type=pixel_budget,
+    atk.add_argument("--norm", choices=NORMS, help="threat model (default linf)")
+    atk.add_argument("--eps", type=budget, help="budget (default 8/255; 0.1 on digits; 4/255 on imagenet)")
+    atk.add_argument("--alpha", type=budget,
                      help="step size (default eps/4; FastAT 1.25·eps; FreeAT eps)")
     atk.add_argument("--steps", type=int, help="attack steps (default 10; FastAT 1; FreeAT: replays m, default 4)")
     atk.add_argument("--start", choices=STARTS, help="random start (default uniform; TRADES normal)")
@@ -116,13 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eval-examples", type=int, help="fixed test subset size (default 500)")
     ev.add_argument("--eval-steps", type=int, help="PGD steps on it (default 10)")
     ev.add_argument("--eval-batch-size", type=int, help="default 256")
-    out = p.add_argument_group("output")
-    out.add_argument("--no-progress", action="store_true", default=False, help="no progress bar")
-    out.add_argument("--json", action="store_true", default=False, help="print the summary as JSON")
+    ev.add_argument("--val-split", type=float, metavar="FRACTION",
+                    help="hold out this fraction of the training set (seeded) and choose best.pt "
+                         "on it instead of on the test subset (default 0: off)")
+    out = p.add_argument_group("logging")
+    out.add_argument("--tensorboard", action=on_off,
+                     help="also log every metric to DIR/tensorboard (pip install 'heat_fast[tensorboard]')")
+    add_common_arguments(p)
     return p
-
-
-CONTROL_FLAGS = ("preset", "resume", "overwrite", "no_progress", "json", "dist_backend")
 
 
 def _values(args: argparse.Namespace) -> Dict[str, object]:
@@ -136,63 +154,125 @@ def _default_out(values: Dict[str, object], preset_name: Optional[str]) -> str:
     return f"runs/{name}-{merged.get('dataset', 'digits')}"
 
 
-def _print_summary(summary: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(summary, indent=2))
-        return
-    final, best = summary["final"], summary["best"]
-    print(f"done: {summary['epochs']} epochs in {summary['out']} "
-          f"({summary['seconds_this_session']:.1f}s this session)")
+def settings(args: argparse.Namespace) -> Tuple[Dict[str, object], Optional[str]]:
+    """(config values, preset name): the --config file's, overridden by the flags given."""
+    from_file = read_config_file(args.config) if getattr(args, "config", None) else {}
+    preset_name = getattr(args, "preset", None) or from_file.pop("preset", None)
+    values = dict(from_file, **_values(args))
+    values.setdefault("out", _default_out(values, preset_name))
+    return values, preset_name
+
+
+def parse(argv: List[str]) -> argparse.Namespace:
+    """Parse ``argv``; SystemExit (status 2, message printed) on bad flags."""
+    return build_parser().parse_args(argv)
+
+
+def open_run(args: argparse.Namespace) -> "TrainingRun":
+    """Every check and read of the run ``args`` asks for (see
+    :func:`heat_fast.training.run.prepare`); raises one of :data:`USER_ERRORS`."""
+    from heat_fast.training.run import build_config, prepare
+
+    values, preset_name = settings(args)
+    return prepare(build_config(values, preset_name), resume_values=values, resume=args.resume,
+                   overwrite=args.overwrite, progress=not args.no_progress,
+                   dist_backend=args.dist_backend, dry_run=args.dry_run)
+
+
+def header(run: "TrainingRun") -> str:
+    cfg, ctx = run.config, run.distributed
+    where = f"device {cfg.device}" if ctx is None else f"{ctx.world_size} processes on {ctx.device.type}"
+    return (f"{PROG}: {cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} ({cfg.model}), "
+            f"{cfg.norm} eps {format_eps(cfg.eps)}, alpha {format_eps(cfg.alpha)}, steps {cfg.steps}, "
+            f"epochs {run.start_epoch + 1}..{cfg.epochs}, {where}, backend {cfg.backend}"
+            f"{', bf16' if cfg.bf16 else ''} -> {run.out}")
+
+
+def summary_lines(summary: dict) -> List[str]:
+    final, best, epochs = summary["final"], summary["best"], summary["epochs"]
+    lines = [f"done: {epochs} epoch{'s' if epochs != 1 else ''} in {summary['out']} "
+             f"({summary['seconds_this_session']:.1f} s this session, {summary['threads']} "
+             f"thread{'s' if summary['threads'] != 1 else ''})"]
     if final:
-        print(f"  final epoch {final['epoch']}: test clean {final['test_clean_acc']:.4f}, "
-              f"test PGD-{final['eval_pgd_steps']} {final['test_pgd_acc']:.4f}, "
-              f"train loss {final['loss']:.4f}")
+        lines.append(f"  final epoch {final['epoch']}: test clean {final['test_clean_acc']:.4f}, "
+                     f"test PGD-{final['eval_pgd_steps']} {final['test_pgd_acc']:.4f}, "
+                     f"train loss {final['loss']:.4f}")
     if best:
-        print(f"  best test PGD accuracy {best['test_pgd_acc']:.4f} at epoch {best['epoch']} (best.pt)")
-    print(f"  checkpoint {summary['checkpoint']}; evaluate with: heat-fast eval {summary['checkpoint']}")
+        lines.append(f"  best {best['on']} PGD accuracy {best['pgd_acc']:.4f} at epoch "
+                     f"{best['epoch']} (best.pt)")
+    if summary.get("curves"):
+        lines.append(f"  curves {summary['curves']}")
+    lines.append(f"  checkpoint {summary['checkpoint']}; evaluate with: heat-fast eval {summary['checkpoint']}")
+    return lines
+
+
+def _print_config(values: Dict[str, object], preset_name: Optional[str], as_json: bool) -> None:
+    from heat_fast.training.run import build_config
+
+    config = build_config(values, preset_name)
+    resolved = dict(config.resolved().to_dict(), device=config.device)
+    if as_json:
+        print_json(resolved)
+    else:
+        sys.stdout.write(to_toml(resolved))
 
 
 def main(argv: List[str]) -> int:
     """Run ``heat-fast train`` with ``argv``; returns the exit status (2 for bad input)."""
-    from heat_fast.training.run import build_config, prepare
-
-    parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args = parse(argv)
     except SystemExit as exc:  # argparse already printed usage and the error
         return int(exc.code or 0)
-    values = _values(args)
-    preset_name = getattr(args, "preset", None)
-    values.setdefault("out", _default_out(values, preset_name))
+    human = human_stream(args.json)
     try:
-        config = build_config(values, preset_name)
-        run = prepare(config, resume_values=values, resume=args.resume,
-                      overwrite=args.overwrite, progress=not args.no_progress,
-                      dist_backend=args.dist_backend)
-    except (ConfigError, DatasetError, CheckpointError, BackendUnavailableError,
-            DistributedError, FileNotFoundError) as exc:
-        print(f"heat-fast train: error: {exc}", file=sys.stderr)
-        return 2
+        if args.print_config:
+            _print_config(*settings(args), args.json)
+            return 0
+        run = open_run(args)
+    except USER_ERRORS as exc:
+        return error(PROG, exc)
     try:
-        return _train(run, args.json)
+        return execute(run, args, human)
     finally:
         run.close()
 
 
-def _train(run: "TrainingRun", as_json: bool) -> int:
-    cfg, ctx = run.config, run.distributed
-    where = f"device {cfg.device}" if ctx is None else f"{ctx.world_size} processes on {ctx.device.type}"
-    if run.is_main:
-        print(f"heat-fast train: {cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} "
-              f"({cfg.model}), eps {cfg.eps:.4g}, alpha {cfg.alpha:.4g}, steps {cfg.steps}, "
-              f"epochs {run.start_epoch + 1}..{cfg.epochs}, {where}, backend {cfg.backend}"
-              f"{', bf16' if cfg.bf16 else ''} -> {run.out}")
-    try:
-        summary = run.run()
-    except KeyboardInterrupt:
-        print(f"\ninterrupted; {run.out}/last.pt holds the last finished epoch; "
-              f"continue with --resume --out {run.out}", file=sys.stderr)
-        return 130
-    if run.is_main:
-        _print_summary(summary, as_json)
+def execute(run: "TrainingRun", args: argparse.Namespace, human: TextIO) -> int:
+    """Choose the threads, print the header and plan, train (or stop after them with
+    ``--dry-run``), print the summary; 130 when interrupted."""
+    show = run.is_main
+    stream = human if show else open_null()
+    saved = run.resumed_threads
+    requested = getattr(args, "threads", None)
+    with threads_for(requested, stream, fixed=saved, fixed_source="the resumed run's") as count:
+        if saved is not None and count != saved:
+            say(sys.stderr, f"warning: the run used {saved} threads until now; with {count} it "
+                            "continues correctly but not bit-identically to an uninterrupted run")
+        run.config.threads = count
+        if show:
+            say(stream, header(run))
+            say(stream, run.plan())
+        if args.dry_run:
+            if show:
+                say(stream, "dry run: every check passed and the data loaded; nothing was trained or written")
+                if args.json:
+                    print_json({"dry_run": True, "plan": run.plan(), "config": run.config.to_dict()})
+            return 0
+        try:
+            summary = run.run(log=lambda line: say(stream, line))
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; {run.out}/last.pt holds the last finished epoch; "
+                  f"continue with --resume --out {run.out}", file=sys.stderr)
+            return 130
+    if show:
+        for line in summary_lines(summary):
+            say(stream, line)
+        if args.json:
+            print_json(summary)
     return 0
+
+
+def open_null() -> TextIO:
+    """A stream that discards what is written (non-main ranks print nothing)."""
+    import io
+    return io.StringIO()

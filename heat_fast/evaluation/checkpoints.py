@@ -68,10 +68,8 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
 def test_data(config: Dict[str, Any], n_examples: Optional[int],
               data_dir: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """The first ``n_examples`` test images and labels of the checkpoint's dataset."""
-    from heat_fast.data import load_dataset
+    from heat_fast.data import load_dataset_for
 
     if "dataset" not in config:
         raise CheckpointError("the checkpoint config names no dataset")
-    data = load_dataset(config["dataset"], data_dir or config.get("data_dir"))
-    n = data.test_x.shape[0] if n_examples is None else min(int(n_examples), data.test_x.shape[0])
-    return data.test_x[:n], data.test_y[:n]
+    return load_dataset_for(config, data_dir).test_subset(n_examples)

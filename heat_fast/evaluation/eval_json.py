@@ -2,20 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from heat_fast._files import atomic_write_text
+
 
 def write_json(path: Path, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` as indented JSON atomically (temp file + rename); values JSON
-    cannot hold (devices, dtypes) are written as strings."""
+    """Write ``payload`` as indented JSON atomically (temp file + rename, mode 0644 under the
+    usual umask); values JSON cannot hold (devices, dtypes) are written as strings."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        json.dump(payload, f, indent=1, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1, default=str) + "\n")

@@ -23,10 +23,11 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
+from heat_fast import progress as progress_display
 from heat_fast.attacks import Attack, build_attack, eval_mode, predict
 from heat_fast.attacks.registry import parse_name
+from heat_fast.budget import format_eps
 
 CLEAN = "clean"
 WORST = "worst-case"
@@ -115,31 +116,32 @@ def _check_in_ball(name: str, attack: Attack, x: Tensor, x_adv: Tensor) -> None:
 
 
 class _Runner:
-    """Runs attacks on chosen examples of (x, y) in batches on the model's device."""
+    """Runs attacks on chosen examples of (x, y) in batches on the model's device; ``bar``
+    (heat_fast.progress) counts phases and the forward/backward passes each batch costs."""
 
-    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, bar: tqdm):
+    def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, bar):
         self.model, self.x, self.y, self.batch_size, self.bar = model, x, y, batch_size, bar
         self.device = _model_device(model, x.device)
 
-    def _batches(self, mask: Tensor):
+    def _batches(self, mask: Tensor, name: str, detail: str):
         idx = mask.nonzero().squeeze(1)
+        passes = progress_display.attack_passes(name)
         for start in range(0, idx.numel(), self.batch_size):
             chunk = idx[start:start + self.batch_size]
             yield chunk, self.x[chunk].to(self.device), self.y[chunk].to(self.device).long()
-            self.bar.update(chunk.numel() / max(idx.numel(), 1))
+            self.bar.update(0, units=chunk.numel() * passes, detail=detail)
+        self.bar.update(1, units=0, detail=detail)
 
     def clean(self) -> Tensor:
         correct = torch.zeros(self.x.shape[0], dtype=torch.bool)
-        for chunk, xb, yb in self._batches(torch.ones_like(correct)):
+        for chunk, xb, yb in self._batches(torch.ones_like(correct), CLEAN, CLEAN):
             correct[chunk] = (predict(self.model, xb) == yb).cpu()
         return correct
 
     def survivors(self, name: str, attack: Attack, todo: Tensor) -> Tensor:
         """The examples of ``todo`` still classified correctly on the attack's output."""
         survived = torch.zeros_like(todo)
-        if not bool(todo.any()):
-            self.bar.update(1)
-        for chunk, xb, yb in self._batches(todo):
+        for chunk, xb, yb in self._batches(todo, name, f"{name} eps {format_eps(attack.eps)}"):
             x_adv = attack(self.model, xb, yb)
             _check_in_ball(name, attack, xb, x_adv)
             survived[chunk] = (predict(self.model, x_adv) == yb).cpu()
@@ -155,8 +157,7 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, eps: float,
     names = parse_attack_list(attacks)
     attack_names = [n for n in names if n not in (CLEAN, WORST)]
     built = {n: build_attack(n, eps, seed=seed, backend=backend) for n in attack_names}
-    bar = tqdm(total=1 + len(built), desc=desc or "eval", disable=not progress, leave=False,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+    bar = progress_display.bar(1 + len(built), desc or "eval", enabled=progress)
     runner = _Runner(model, x, y, batch_size, bar)
     seconds: Dict[str, float] = {}
     with eval_mode(model):
@@ -165,7 +166,6 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, eps: float,
         seconds[CLEAN] = time.perf_counter() - began
         robust = masks[CLEAN].clone()
         for name, attack in built.items():
-            bar.set_description(f"{desc or 'eval'} {name} eps={eps:.4g}")
             began = time.perf_counter()
             masks[name] = runner.survivors(name, attack, masks[CLEAN] if independent else robust)
             seconds[name] = time.perf_counter() - began

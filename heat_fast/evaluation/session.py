@@ -9,6 +9,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 import heat_fast
+from heat_fast.budget import format_eps
 from heat_fast.evaluation import checkpoints
 from heat_fast.evaluation.eval_json import write_json
 from heat_fast.evaluation.plot import plot_eps_sweep
@@ -53,6 +54,7 @@ class Settings:
     sweep_attacks: Optional[Sequence[str]] = None
     progress: bool = True
     independent: bool = False
+    threads: Optional[int] = None
 
 
 def _labels(paths: Sequence[Path]) -> List[str]:
@@ -60,9 +62,12 @@ def _labels(paths: Sequence[Path]) -> List[str]:
     return [n if names.count(n) == 1 else f"{n}#{i + 1}" for i, n in enumerate(names)]
 
 
-def evaluate_checkpoints(paths: Sequence[str | Path], settings: Settings) -> List[CheckpointReport]:
-    """Load every checkpoint first (so a bad one fails fast), then evaluate each."""
-    loaded = [checkpoints.load(p, settings.device) for p in paths]
+def evaluate_checkpoints(paths: Sequence[str | Path | checkpoints.Checkpoint],
+                         settings: Settings) -> List[CheckpointReport]:
+    """Load every checkpoint first (so a bad one fails fast), then evaluate each; an entry
+    may also be an already loaded :class:`~heat_fast.evaluation.Checkpoint`."""
+    loaded = [p if isinstance(p, checkpoints.Checkpoint) else checkpoints.load(p, settings.device)
+              for p in paths]
     reports = []
     for label, ckpt in zip(_labels([c.path for c in loaded]), loaded):
         eps = settings.eps if settings.eps is not None else ckpt.config.get("eps")
@@ -89,7 +94,7 @@ def table(reports: Sequence[CheckpointReport]) -> str:
     for r in reports:
         column: Dict[str, Cell] = dict(r.result.accuracy)
         column["framework"] = f"{r.config.get('framework', '?')}{'+HE' if r.config.get('he') else ''}"
-        column["eps"] = f"{r.result.eps * 255:.2f}/255"
+        column["eps"] = format_eps(r.result.eps)
         column["n examples"] = str(r.result.n)
         column[ATTACK_SET_ROW] = r.result.attack_set
         column[SECONDS_ROW] = None if r.seconds_per_epoch is None else f"{r.seconds_per_epoch:.2f}"
@@ -100,9 +105,9 @@ def table(reports: Sequence[CheckpointReport]) -> str:
                                                          SECONDS_ROW], title=title)
 
 
-def write_outputs(reports: Sequence[CheckpointReport], settings: Settings, out: Path) -> List[Path]:
-    """eval.json (every number and the settings) and, with a sweep, eps_sweep.png."""
-    payload = {
+def eval_payload(reports: Sequence[CheckpointReport], settings: Settings) -> dict:
+    """What eval.json holds: the settings, versions and every checkpoint's numbers."""
+    return {
         "settings": {**vars(settings), "attacks": list(settings.attacks),
                      "eps_sweep": list(settings.eps_sweep),
                      "sweep_attacks": list(settings.sweep_attacks or settings.attacks)},
@@ -110,7 +115,11 @@ def write_outputs(reports: Sequence[CheckpointReport], settings: Settings, out: 
                      "python": platform.python_version()},
         "checkpoints": [r.to_dict() for r in reports],
     }
-    written = [write_json(Path(out) / "eval.json", payload)]
+
+
+def write_outputs(reports: Sequence[CheckpointReport], settings: Settings, out: Path) -> List[Path]:
+    """eval.json (every number and the settings) and, with a sweep, eps_sweep.png."""
+    written = [write_json(Path(out) / "eval.json", eval_payload(reports, settings))]
     if any(r.sweep for r in reports):
         written.append(plot_eps_sweep({r.label: r.sweep for r in reports},
                                       Path(out) / "eps_sweep.png"))

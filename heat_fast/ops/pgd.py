@@ -9,7 +9,7 @@ Fast backends implement two kernel functions on contiguous tensors of shape (B, 
     writes a random start drawn deterministically from ``seed`` into ``out``.
 
 ``norm`` is "linf" or "l2". eps, alpha, clip_lo and clip_hi are float32 budgets
-(heat_fast._budgets): a 0-d CPU tensor holding one value (read on the host), or a tensor on
+(heat_fast._step_args): a 0-d CPU tensor holding one value (read on the host), or a tensor on
 the images' device that broadcasts to their shape (per sample, per channel, ...; per sample
 only for L2's eps and alpha). They are wrapped as the mutating custom ops
 ``heat_fast::pgd_step_`` and ``heat_fast::random_init_``, which take the backend name as their
@@ -23,8 +23,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from heat_fast import _budgets, _checks, native, reference
-from heat_fast._budgets import Budget, Clip
+from heat_fast import _checks, _step_args, native, reference
+from heat_fast._step_args import Budget, Clip
 from heat_fast.ops.dispatch import kernels, resolve_backend
 
 SEED_HIGH = 2**62
@@ -48,7 +48,7 @@ def _check_kernel_args(out: Tensor, images, budgets, norm: str) -> None:
             if b.device != out.device:
                 raise ValueError(f"{name} must be a 0-d CPU tensor or on {out.device}")
             torch.broadcast_shapes(b.shape, out.shape)
-    _budgets.canonical_norm(norm)
+    _step_args.canonical_norm(norm)
 
 
 @torch.library.custom_op("heat_fast::pgd_step_", mutates_args=("out",))
@@ -106,7 +106,7 @@ def pgd_step(
     ``norm`` "linf" or "l2" (also "Linf", "l_inf", "L2", "l_2"); ``clip`` the box (lo, hi) of
     numbers or broadcastable tensors, or None. Returns x' in x_adv's dtype; with ``out``
     (which may be x_adv itself, but must not overlap an input partially) writes x' there and
-    returns it. Non-finite policy: heat_fast._budgets.
+    returns it. Non-finite policy: heat_fast._step_args.
     """
     return _step(x_adv, grad, x_nat, eps, alpha, norm, clip, out, backend, delta=False)
 
@@ -134,12 +134,12 @@ def pgd_delta_step(
 def _step(start: Tensor, grad: Tensor, x_nat: Tensor, eps: Budget, alpha: Budget, norm: str,
           clip: Clip, out: Optional[Tensor], backend: Optional[str], delta: bool) -> Tensor:
     first = "delta" if delta else "x_adv"
-    _budgets.check_images(start, grad, x_nat, first)
+    _step_args.check_images(start, grad, x_nat, first)
     name = resolve_backend(backend, start.device, start.dtype)
     if name == "reference":
         fn = reference.pgd_delta_step if delta else reference.pgd_step
         return fn(start, grad, x_nat, eps, alpha, norm, clip, out)
-    norm, eps_t, alpha_t, lo, hi = _budgets.step_arguments(start, grad, x_nat, eps, alpha, norm,
+    norm, eps_t, alpha_t, lo, hi = _step_args.step_arguments(start, grad, x_nat, eps, alpha, norm,
                                                            clip, out, first)
     target = out if out is not None and out.is_contiguous() else torch.empty_like(
         start, memory_format=torch.contiguous_format)
@@ -174,13 +174,13 @@ def random_init(
     _checks.check_float("x_nat", x_nat)
     if x_nat.dim() < 1:
         raise ValueError("x_nat must have shape (B, ...), got a 0-d tensor")
-    norm = _budgets.canonical_norm(norm)
+    norm = _step_args.canonical_norm(norm)
     _checks.check_generator(generator, x_nat)
     name = resolve_backend(backend, x_nat.device, x_nat.dtype)
     if name == "reference":
         return reference.random_init(x_nat, eps, norm, clip, generator)
-    eps_t = _budgets.budget("eps", eps, x_nat, per_sample_only=norm == "l2")
-    lo, hi = _budgets.box(clip, x_nat)
+    eps_t = _step_args.budget("eps", eps, x_nat, per_sample_only=norm == "l2")
+    lo, hi = _step_args.box(clip, x_nat)
     out = torch.empty_like(x_nat, memory_format=torch.contiguous_format)
     if x_nat.numel() == 0:
         return out

@@ -8,9 +8,9 @@ Delta form (δ → δ', the update FreeAT/FastAT code writes), with the box [lo 
   L∞:  δ' = clamp(clamp(δ + α·sign(g), −ε, ε), lo − x_nat, hi − x_nat)
   L2:  δ' = δ + α·u;  δ' ← δ' · min(1, ε / max(‖δ'‖, 1e-12));  then the same box clamp
 
-eps, alpha and the clip bounds are budgets (heat_fast._budgets: numbers, per-sample or e.g.
+eps, alpha and the clip bounds are budgets (heat_fast._step_args: numbers, per-sample or e.g.
 per-channel tensors; per-sample only for L2). sign(0) = 0; the non-finite policy is the one of
-heat_fast._budgets. Norms are accumulated in float64 (no overflow of Σg² in float32); all
+heat_fast._step_args. Norms are accumulated in float64 (no overflow of Σg² in float32); all
 other math in float32 (float64 for float64 inputs), the result in the input's dtype.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Optional
 
 import torch
 
-from heat_fast import _budgets
-from heat_fast._budgets import Budget, Clip
+from heat_fast import _step_args
+from heat_fast._step_args import Budget, Clip
 
 NORM_EPS = 1e-12
 
@@ -50,7 +50,7 @@ def _clamp(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
 def step(start: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor, eps: torch.Tensor,
          alpha: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, norm: str,
          delta: bool) -> torch.Tensor:
-    """The step on checked arguments (budgets from heat_fast._budgets), in start's dtype."""
+    """The step on checked arguments (budgets from heat_fast._step_args), in start's dtype."""
     dtype = _math_dtype(start)
     s, xn = start.to(dtype), x_nat.to(dtype)
     eps, alpha, lo, hi = (b.to(device=start.device, dtype=dtype) for b in (eps, alpha, lo, hi))
@@ -83,8 +83,8 @@ def pgd_delta_step(delta: torch.Tensor, grad: torch.Tensor, x_nat: torch.Tensor,
 
 def _checked_step(start, grad, x_nat, eps, alpha, norm, clip, out, delta: bool):
     first = "delta" if delta else "x_adv"
-    _budgets.check_images(start, grad, x_nat, first)
-    norm, eps_t, alpha_t, lo, hi = _budgets.step_arguments(start, grad, x_nat, eps, alpha, norm,
+    _step_args.check_images(start, grad, x_nat, first)
+    norm, eps_t, alpha_t, lo, hi = _step_args.step_arguments(start, grad, x_nat, eps, alpha, norm,
                                                            clip, out, first)
     if start.numel() == 0:
         result = start.clone()
@@ -105,9 +105,9 @@ def random_init(x_nat: torch.Tensor, eps: Budget, norm: str = "linf", clip: Clip
     _checks.check_float("x_nat", x_nat)
     if x_nat.dim() < 1:
         raise ValueError("x_nat must have shape (B, ...), got a 0-d tensor")
-    norm = _budgets.canonical_norm(norm)
-    eps_t = _budgets.budget("eps", eps, x_nat, per_sample_only=norm == "l2")
-    lo, hi = _budgets.box(clip, x_nat)
+    norm = _step_args.canonical_norm(norm)
+    eps_t = _step_args.budget("eps", eps, x_nat, per_sample_only=norm == "l2")
+    lo, hi = _step_args.box(clip, x_nat)
     _checks.check_generator(generator, x_nat)
     if x_nat.numel() == 0:
         return x_nat.clone()

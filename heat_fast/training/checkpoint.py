@@ -3,7 +3,8 @@
 A training checkpoint is a dict with keys ``model``, ``optimizer``, ``scheduler``,
 ``epoch`` (epochs completed), ``rng`` (python / numpy / torch / cuda states plus the run's
 named generators), ``config`` (the full run config, a plain dict) and extra run state
-(``trainer``, ``best``). Files are read with ``torch.load(weights_only=True)``.
+(``trainer``, ``best``, and ``ema`` — the weight average, with ``--ema``). Files are read
+with ``torch.load(weights_only=True)``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from typing import Dict, Tuple, Union
 import numpy as np
 import torch
 from torch import nn
+
+from heat_fast._files import atomic_write
 
 PathLike = Union[str, os.PathLike]
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
@@ -28,17 +31,7 @@ class CheckpointError(ValueError):
 def save_checkpoint(path: PathLike, state: dict) -> None:
     """Write ``state`` to ``path`` atomically: a temp file in the same directory, then
     ``os.replace``, so a crash never leaves a half-written checkpoint at ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
@@ -66,7 +59,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
 
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, dict]:
-    """Rebuild the model described by a checkpoint's config and load its weights.
+    """Rebuild the model described by a checkpoint's config and load its weights: the weight
+    average (``ema``) when the run kept one (``--ema``), else ``model``.
 
     Returns (model in eval mode on ``device``, config dict). Raises FileNotFoundError or
     :class:`CheckpointError` with the reason.
@@ -79,8 +73,8 @@ def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tupl
         model = build_model(config["model"], config["num_classes"], config["he"],
                             config["in_channels"], config["image_size"], config["mean"],
                             config["std"])
-        model.load_state_dict(state["model"])
-    except (ValueError, RuntimeError, TypeError) as exc:
+        model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
+    except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "
                               f"({config['model']}): {str(exc).splitlines()[0]}") from None
     return model.to(device).eval(), config

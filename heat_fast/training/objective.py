@@ -34,13 +34,15 @@ class Outputs:
 
 @dataclass(frozen=True)
 class Objective:
-    """Loss settings: ``he`` head, HE ``scale`` s and ``margin`` m, op ``backend``, ``bf16``."""
+    """Loss settings: ``he`` head, HE ``scale`` s and ``margin`` m, op ``backend``, ``bf16``,
+    and ``label_smoothing`` of the training (outer) losses."""
 
     he: bool = False
     scale: float = 15.0
     margin: float = 0.2
     backend: str = "auto"
     bf16: bool = False
+    label_smoothing: float = 0.0
 
     def __post_init__(self):
         _checks.check_scale_margin(self.scale, self.margin)
@@ -63,12 +65,16 @@ class Objective:
 
     def cross_entropy(self, out: Outputs, y: Tensor, margin: bool,
                       reduction: str = "mean") -> Tensor:
-        """CE(s·(cos − m·1_y)) with HE (m only if ``margin``), else CE on the logits."""
+        """CE(s·(cos − m·1_y)) with HE (m only if ``margin``), else CE on the logits.
+        ``margin`` marks a training (outer) loss: only those get ``label_smoothing``."""
+        smoothing = self.label_smoothing if margin else 0.0
         if self.he:
             return he_cross_entropy(out.features, out.weight, y, scale=self.scale,
                                     margin=self.margin if margin else 0.0,
-                                    reduction=reduction, backend=self.backend)
-        return F.cross_entropy(out.logits.float(), y, reduction=reduction)
+                                    reduction=reduction, label_smoothing=smoothing,
+                                    backend=self.backend)
+        return F.cross_entropy(out.logits.float(), y, reduction=reduction,
+                               label_smoothing=smoothing)
 
     def scaled_logits(self, out: Outputs) -> Tensor:
         """s·cos without margin with HE (what TRADES' KL compares), else the logits."""

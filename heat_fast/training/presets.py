@@ -45,6 +45,19 @@ PRESETS: Dict[str, dict] = {
     "fast-at-he": dict(_FAST, he=True, scale=15.0, margin=0.2),
 }
 PRESET_NAMES = tuple(PRESETS)
+DESCRIPTIONS: Dict[str, str] = {
+    "pgd-at": "PGD-AT, Bag of Tricks recipe (Pang et al. 2021): WRN-34-10, 110 epochs",
+    "pgd-at-he": "PGD-AT + HE, AT_HE recipe (Pang et al. 2020): WRN-34-10, s 15, m 0.2, 77 epochs",
+    "pgd-at-he-bot": "PGD-AT + HE with the Bag of Tricks schedule: s 10, m 0.2, 110 epochs",
+    "alp": "ALP (Kannan et al. 2018) on the AT_HE schedule: lambda 0.5, 77 epochs",
+    "alp-he": "ALP + HE (AT_HE): s 20, m 0.3, lambda 0.5, 77 epochs",
+    "trades": "TRADES, official recipe (Zhang et al. 2019): beta 6, wd 2e-4, 76 epochs",
+    "trades-he": "TRADES + HE (AT_HE): s 15, m 0.2, beta 6, 76 epochs",
+    "free-at": "FreeAT on ImageNet (Shafahi et al. 2019): ResNet-50, m 4 replays, eps 4/255, 23 epochs",
+    "free-at-he": "FreeAT + HE on ImageNet (AT_HE): s 10, m 0.2",
+    "fast-at": "FastAT (Wong et al. 2020): PreActResNet-18, FGSM alpha 1.25 eps, cyclic lr 0.2, 15 epochs",
+    "fast-at-he": "FastAT + HE: s 15, m 0.2",
+}
 
 
 def preset(name: str) -> dict:

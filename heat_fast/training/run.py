@@ -1,8 +1,13 @@
 """A ``heat-fast train`` run: configuration → data, model, optimizer, trainer → epochs with
-metrics, atomic checkpoints, a best checkpoint and a bit-exact resume.
+metrics, atomic checkpoints, a best checkpoint, a bit-exact resume and training curves.
 
 :func:`prepare` does every check and every read before anything is written (bad input
 never touches an existing checkpoint); :meth:`TrainingRun.run` trains.
+
+Each epoch appends one line to ``metrics.jsonl``: lr, loss, the running train accuracies
+(defined precisely in the README's "What a run writes"), clean and PGD accuracy on a fixed test subset and, with
+``val_split``, on the held-out validation examples, which then choose ``best.pt`` (else the
+test subset does, as the Bag-of-Tricks recipe did), the seconds and the torch thread count.
 
 Under ``torchrun`` every process runs the same code: each trains on its shard of every
 global batch (``batch_size`` is the global batch), rank 0 alone evaluates, writes metrics and
@@ -12,30 +17,40 @@ number of processes.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import random
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from heat_fast.data import Augment, Dataset, TensorLoader, load_dataset
+from heat_fast import progress
+from heat_fast._files import atomic_write_text
+from heat_fast.budget import format_eps
+from heat_fast.data import Augment, Dataset, ImageFolder, load_dataset_for
 from heat_fast.models import build_model
 from heat_fast.ops import resolve_backend
+from heat_fast.threads import usable_cpus
 from heat_fast.training.checkpoint import (CheckpointError, capture_rng, load_checkpoint,
                                            restore_rng, save_checkpoint)
 from heat_fast.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
 from heat_fast.training.distributed import Distributed, rank_seed, setup
+from heat_fast.training.ema import WeightEMA
 from heat_fast.training.evaluate import evaluate_pgd
 from heat_fast.training.presets import preset
 from heat_fast.training.schedules import build_scheduler
 from heat_fast.training.trainer import Trainer
 
-LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
+LAST, BEST, METRICS, CURVES, TENSORBOARD = ("last.pt", "best.pt", "metrics.jsonl",
+                                           "training_curves.png", "tensorboard")
 EVAL_SEED_OFFSET = 1_000_003
+VAL_SEED_OFFSET = 7
+MAX_DEFAULT_WORKERS = 8
 
 
 def build_config(values: Dict[str, object], preset_name: Optional[str] = None) -> TrainConfig:
@@ -59,25 +74,48 @@ def resume_config(saved: dict, values: Dict[str, object]) -> TrainConfig:
     return config
 
 
+def step_passes(framework: str, steps: int) -> int:
+    """Forward/backward passes per training example in one step (a cost estimate): the
+    attack's steps plus the training pass(es)."""
+    return {"free-at": steps, "fast-at": 2, "trades": steps + 2, "alp": steps + 2}.get(
+        framework, steps + 1)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-class TrainingRun:
-    """Everything a run needs, built by :func:`prepare`."""
+def _optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.optimizer == "nesterov")
 
-    def __init__(self, config: TrainConfig, trainer: Trainer, test_x: torch.Tensor,
-                 test_y: torch.Tensor, out: Path, start_epoch: int = 0,
-                 best: Optional[dict] = None):
-        self.config, self.trainer, self.out = config, trainer, out
-        self.test_x, self.test_y = test_x, test_y
-        self.start_epoch, self.best = start_epoch, best or {}
+
+class TrainingRun:
+    """Everything a run needs, built by :func:`prepare`. ``eval_sets`` maps "test" (and
+    "val" with a validation split) to fixed (images, labels) for the per-epoch evaluation."""
+
+    def __init__(self, config: TrainConfig, trainer: Trainer,
+                 eval_sets: Dict[str, Tuple[Tensor, Tensor]], out: Path, start_epoch: int = 0,
+                 best: Optional[dict] = None, ema: Optional[WeightEMA] = None,
+                 show_progress: bool = True, steps_per_epoch: int = 0):
+        self.config, self.trainer, self.out, self.eval_sets = config, trainer, out, eval_sets
+        self.steps_per_epoch = steps_per_epoch
+        self.start_epoch, self.best, self.ema = start_epoch, best or {}, ema
+        self.show_progress = show_progress
+        self.resumed_threads: Optional[int] = None  # the thread count of the run resumed
 
     @property
     def model(self) -> torch.nn.Module:
         return self.trainer.model
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights evaluated and chosen for best.pt: the EMA when kept, else the model."""
+        return self.model if self.ema is None else self.ema.model
 
     @property
     def distributed(self) -> Optional[Distributed]:
@@ -88,10 +126,45 @@ class TrainingRun:
         """True on the process that evaluates, writes and logs (rank 0, or the only one)."""
         return self.distributed is None or self.distributed.is_main
 
+    @property
+    def selects_on(self) -> str:
+        """The evaluation set that chooses best.pt: "val" with a validation split, else "test"."""
+        return "val" if "val" in self.eval_sets else "test"
+
     def close(self) -> None:
         """Leave the process group, if any."""
         self.trainer.leave_process_group()
 
+    # --- the plan and its cost, for the progress display -------------------------------
+    def unit_costs(self) -> Dict[str, float]:
+        """Units (example forward/backward passes) per training step."""
+        cfg = self.config
+        return {"train": float(cfg.batch_size * step_passes(cfg.framework, cfg.steps))}
+
+    def eval_units(self) -> float:
+        return float(sum(x.shape[0] for x, _ in self.eval_sets.values()) * (self.config.eval_steps + 2))
+
+    def planned_units(self) -> float:
+        """The work left in this run, in :mod:`heat_fast.progress` units."""
+        per_epoch = self.steps_per_epoch * self.unit_costs()["train"] + self.eval_units()
+        return (self.config.epochs - self.start_epoch) * per_epoch
+
+    def plan(self) -> str:
+        """One line: epochs, steps, passes per step, model, batch, per-epoch evaluation."""
+        cfg = self.config
+        attack = {"free-at": f"FreeAT m={cfg.steps} replays", "fast-at": "FGSM"}.get(
+            cfg.framework, f"PGD-{cfg.steps}")
+        sets = ", ".join(f"{x.shape[0]} {name}" for name, (x, _) in self.eval_sets.items())
+        millions = sum(p.numel() for p in self.model.parameters()) / 1e6
+        epochs = cfg.epochs - self.start_epoch
+        return (f"plan: epochs {self.start_epoch + 1}..{cfg.epochs} x {self.steps_per_epoch} "
+                f"steps = {epochs * self.steps_per_epoch} steps ({attack}: "
+                f"{step_passes(cfg.framework, cfg.steps)} passes of {cfg.model} ({millions:.2g}M "
+                f"parameters) per example, batch {cfg.batch_size}, on {self.trainer.device.type}), "
+                f"then PGD-{cfg.eval_steps} on {sets} examples each epoch; best.pt by "
+                f"{self.selects_on} PGD accuracy")
+
+    # --- checkpoints -----------------------------------------------------------------
     def _rank_states(self) -> Optional[List[dict]]:
         """Each rank's own trainer and RNG state, gathered on rank 0 (None elsewhere)."""
         own = {"trainer": self.trainer.state_dict(), "rng": capture_rng({})}
@@ -105,59 +178,150 @@ class TrainingRun:
             "rng": ranks[0]["rng"], "config": self.config.to_dict(),
             "trainer": ranks[0]["trainer"], "best": dict(self.best),
         }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
         if len(ranks) > 1:
             state["ranks"] = ranks
         return state
 
-    def _evaluate(self, epoch: int) -> Dict[str, float]:
+    # --- one epoch -------------------------------------------------------------------
+    def _evaluate(self, epoch: int) -> Dict[str, Dict[str, float]]:
+        cfg, results = self.config, {}
+        generator = torch.Generator(self.trainer.device)
+        for name, (x, y) in self.eval_sets.items():
+            if x.shape[0] == 0:
+                results[name] = {"clean_acc": float("nan"), "pgd_acc": float("nan")}
+                continue
+            generator.manual_seed(cfg.seed + EVAL_SEED_OFFSET * epoch)
+            results[name] = evaluate_pgd(
+                self.eval_model, x, y, self.trainer.framework.objective, cfg.eps, cfg.eps / 4,
+                cfg.eval_steps, cfg.eval_batch_size, generator, cfg.norm,
+                desc=f"eval {name} epoch {epoch}", show_progress=self.show_progress)
+        return results
+
+    def _record(self, epoch: int, stats: dict, evals: Dict[str, Dict[str, float]],
+                seconds: float) -> dict:
         cfg = self.config
-        if self.test_x.shape[0] == 0:
-            return {"clean_acc": float("nan"), "pgd_acc": float("nan")}
-        generator = torch.Generator(self.trainer.device).manual_seed(cfg.seed + EVAL_SEED_OFFSET * epoch)
-        return evaluate_pgd(self.model, self.test_x, self.test_y, self.trainer.framework.objective,
-                            cfg.eps, cfg.eps / 4, cfg.eval_steps, cfg.eval_batch_size, generator)
+        record = {"epoch": epoch, "lr": stats["lr"], "loss": stats["loss"],
+                  "train_clean_acc": stats.get("train_clean_acc"),
+                  "train_adv_acc": stats["train_adv_acc"]}
+        for name, result in evals.items():
+            record[f"{name}_clean_acc"], record[f"{name}_pgd_acc"] = result["clean_acc"], result["pgd_acc"]
+        record.update({"eval_pgd_steps": cfg.eval_steps,
+                       "eval_examples": int(self.eval_sets["test"][0].shape[0]),
+                       "steps": stats["steps"], "train_seconds": round(stats["train_seconds"], 3),
+                       "seconds": round(seconds, 3), "threads": torch.get_num_threads()})
+        return record
+
+    def _epoch_line(self, record: dict) -> str:
+        def acc(key: str) -> str:
+            value = record.get(key)
+            return "-" if value is None else f"{value:.3f}"
+
+        pgd = f"PGD-{record['eval_pgd_steps']}"
+        parts = [f"epoch {record['epoch']}/{self.config.epochs}", f"lr {record['lr']:.4g}",
+                 f"loss {record['loss']:.4f}",
+                 f"train adv {acc('train_adv_acc')} clean {acc('train_clean_acc')}"]
+        parts += [f"{name} clean {acc(f'{name}_clean_acc')} {pgd} {acc(f'{name}_pgd_acc')}"
+                  for name in self.eval_sets]
+        return "  ".join(parts + [f"{record['seconds']:.1f}s"])
 
     def run(self, log: Callable[[str], None] = print) -> dict:
-        """Train the remaining epochs; append metrics, write checkpoints; return a summary."""
+        """Train the remaining epochs; append metrics, write checkpoints, log TensorBoard
+        scalars (with ``tensorboard``) and, at the end, training_curves.png; return a summary."""
         cfg, started = self.config, time.perf_counter()
-        for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
-            t0 = time.perf_counter()
-            stats = self.trainer.train_epoch(epoch)
-            test = self._evaluate(epoch) if self.is_main else None
-            ranks = self._rank_states()
-            if not self.is_main:
-                continue
-            record = {"epoch": epoch, "lr": stats["lr"], "loss": stats["loss"],
-                      "train_clean_acc": stats["train_clean_acc"],
-                      "train_adv_acc": stats["train_adv_acc"], "test_clean_acc": test["clean_acc"],
-                      "test_pgd_acc": test["pgd_acc"], "eval_pgd_steps": cfg.eval_steps,
-                      "eval_examples": int(self.test_x.shape[0]), "steps": stats["steps"],
-                      "train_seconds": round(stats["train_seconds"], 3),
-                      "seconds": round(time.perf_counter() - t0, 3)}
-            with open(self.out / METRICS, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            improved = not self.best or test["pgd_acc"] > self.best["test_pgd_acc"]
-            if improved:
-                self.best = {"epoch": epoch, "test_pgd_acc": test["pgd_acc"],
-                             "test_clean_acc": test["clean_acc"]}
-            state = self._checkpoint(epoch, ranks)
-            if improved:
-                save_checkpoint(self.out / BEST, state)
-            save_checkpoint(self.out / LAST, state)
-            log(f"epoch {epoch}/{cfg.epochs}  lr {stats['lr']:.4g}  loss {stats['loss']:.4f}  "
-                f"train clean {stats['train_clean_acc']:.3f} adv {stats['train_adv_acc']:.3f}  "
-                f"test clean {test['clean_acc']:.3f} PGD-{cfg.eval_steps} {test['pgd_acc']:.3f}  "
-                f"{record['seconds']:.1f}s")
+        tracker = progress.active()
+        own = None
+        if tracker is None:
+            own = tracker = progress.Tracker(self.planned_units(),
+                                             mode="auto" if self.show_progress else "off")
+        tracker.unit_costs.update(self.unit_costs())
+        writer = self._tensorboard() if self.is_main else None
+        try:
+            with own if own is not None else contextlib.nullcontext():
+                for epoch in range(self.start_epoch + 1, cfg.epochs + 1):
+                    self._train_one(epoch, log, writer)
+        finally:
+            if writer is not None:
+                writer.close()
+            if self.is_main:
+                self._plot_curves(log)
         if self.distributed is not None:
             self.distributed.barrier()  # rank 0's files are written when any rank returns
         return self._summary(time.perf_counter() - started)
 
+    def _train_one(self, epoch: int, log: Callable[[str], None], writer) -> None:
+        t0 = time.perf_counter()
+        stats = self.trainer.train_epoch(epoch)
+        evals = self._evaluate(epoch) if self.is_main else None
+        ranks = self._rank_states()
+        if not self.is_main:
+            return
+        record = self._record(epoch, stats, evals, time.perf_counter() - t0)
+        with open(self.out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        chosen = record[f"{self.selects_on}_pgd_acc"]
+        improved = not self.best or chosen > self.best["pgd_acc"]
+        if improved:
+            self.best = {"epoch": epoch, "on": self.selects_on, "pgd_acc": chosen,
+                         "clean_acc": record[f"{self.selects_on}_clean_acc"]}
+        state = self._checkpoint(epoch, ranks)
+        if improved:
+            save_checkpoint(self.out / BEST, state)
+        save_checkpoint(self.out / LAST, state)
+        if writer is not None:
+            _log_scalars(writer, record)
+        log(self._epoch_line(record))
+
+    def _tensorboard(self):
+        if not self.config.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+        return SummaryWriter(str(self.out / TENSORBOARD))
+
+    def _records(self) -> List[dict]:
+        path = self.out / METRICS
+        lines = path.read_text().splitlines() if path.exists() else []
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def _plot_curves(self, log: Callable[[str], None]) -> None:
+        from heat_fast.training.curves import plot_training_curves
+
+        records = self._records()
+        if not records:
+            return
+        cfg = self.config
+        title = (f"{cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} ({cfg.model}), "
+                 f"eps {format_eps(cfg.eps)} {cfg.norm}")
+        try:
+            plot_training_curves(records, self.out / CURVES, title)
+        except ImportError:
+            log(f"note: matplotlib is not installed, so {CURVES} was not written "
+                "(pip install 'heat_fast[plot]')")
+
     def _summary(self, seconds: float) -> dict:
-        lines = (self.out / METRICS).read_text().splitlines() if (self.out / METRICS).exists() else []
-        final = json.loads(lines[-1]) if lines else {}
-        return {"out": str(self.out), "epochs": self.config.epochs, "final": final,
-                "best": self.best, "seconds_this_session": round(seconds, 3),
-                "checkpoint": str(self.out / LAST)}
+        records = self._records() if self.is_main else []
+        curves = self.out / CURVES
+        return {"out": str(self.out), "epochs": self.config.epochs,
+                "final": records[-1] if records else {}, "best": self.best,
+                "seconds_this_session": round(seconds, 3), "checkpoint": str(self.out / LAST),
+                "curves": str(curves) if curves.exists() else None,
+                "threads": torch.get_num_threads(), "config": self.config.to_dict()}
+
+
+def _log_scalars(writer, record: dict) -> None:
+    """Every number of an epoch's record as a TensorBoard scalar: train/… (with loss and lr),
+    test/…, val/…, and run/… for the rest (steps, seconds, threads)."""
+    for key, value in record.items():
+        if key == "epoch" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        group, _, name = key.partition("_")
+        if key in ("loss", "lr"):
+            tag = f"train/{key}"
+        else:
+            tag = f"{group}/{name}" if group in ("train", "test", "val") and name else f"run/{key}"
+        writer.add_scalar(tag, value, record["epoch"])
+    writer.flush()
 
 
 def _restore(run: TrainingRun, state: dict, path: Path) -> None:
@@ -173,11 +337,23 @@ def _restore(run: TrainingRun, state: dict, path: Path) -> None:
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.scheduler.load_state_dict(state["scheduler"])
         trainer.load_state_dict(own["trainer"])
+        if run.ema is not None:
+            run.ema.load_state_dict(state["ema"])
         restore_rng(own["rng"], {})
-        run.start_epoch, run.best = int(state["epoch"]), dict(state.get("best") or {})
+        run.start_epoch, run.best = int(state["epoch"]), _best_record(state.get("best"))
     except (KeyError, RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"cannot resume from {path}: its state does not fit the run it "
                               f"describes ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+
+
+def _best_record(saved: Optional[dict]) -> dict:
+    """A checkpoint's ``best`` entry; checkpoints before validation splits chose on the test set
+    and named the keys ``test_pgd_acc`` / ``test_clean_acc``."""
+    best = dict(saved or {})
+    if best and "pgd_acc" not in best:
+        best = {"epoch": best["epoch"], "on": "test", "pgd_acc": best["test_pgd_acc"],
+                "clean_acc": best["test_clean_acc"]}
+    return best
 
 
 def _truncate_metrics(path: Path, epoch: int) -> None:
@@ -185,16 +361,15 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
         return
     kept = [line for line in path.read_text().splitlines()
             if line.strip() and json.loads(line)["epoch"] <= epoch]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    tmp.replace(path)
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
 
 
 def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = None,
             resume: bool = False, overwrite: bool = False, progress: bool = True,
-            dist_backend: Optional[str] = None) -> TrainingRun:
+            dist_backend: Optional[str] = None, dry_run: bool = False) -> TrainingRun:
     """Validate, load data and (with ``resume``) the checkpoint ``config.out/last.pt``;
-    build model, optimizer, scheduler and trainer. Writes nothing but the output folder.
+    build model, optimizer, scheduler and trainer. Writes nothing but the output folder
+    (and, with ``dry_run``, nothing at all).
 
     With ``resume`` the saved config is used, updated by ``resume_values``
     (see :func:`resume_config`). Launched by torchrun, joins the process group
@@ -216,39 +391,52 @@ def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = No
                           "--overwrite to start over, or another --out")
     config = config.resolved()
     resolve_backend(config.backend, torch.device(config.device), torch.float32)
-    options = {"image_size": config.image_size or 224} if config.dataset == "imagenet" else {}
-    data = load_dataset(config.dataset, config.data_dir, **options)
+    if config.tensorboard:
+        _check_tensorboard()
+    workers = config.workers if config.workers is not None else min(MAX_DEFAULT_WORKERS, usable_cpus())
+    data = load_dataset_for(config.to_dict(), workers=workers)
     config = dataclasses.replace(config, num_classes=data.num_classes,
                                  in_channels=data.in_channels, image_size=data.image_size,
                                  mean=list(data.mean), std=list(data.std))
     ctx = setup(config.device, dist_backend)
     try:
-        return _build(config, data, out, state, ctx, progress)
+        return _build(config, data, out, state, ctx, progress, dry_run)
     except BaseException:
         if ctx is not None:
             ctx.close()
         raise
 
 
-def _build(config: TrainConfig, data: Dataset, out: Path, state: Optional[dict],
-           ctx: Optional[Distributed], progress: bool) -> TrainingRun:
+def _check_tensorboard() -> None:
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        raise ConfigError("--tensorboard needs the tensorboard package: "
+                          "pip install 'heat_fast[tensorboard]'") from None
+
+
+def _build(config: TrainConfig, data: Union[Dataset, ImageFolder], out: Path,
+           state: Optional[dict], ctx: Optional[Distributed], show_progress: bool,
+           dry_run: bool) -> TrainingRun:
     rank, world_size = (0, 1) if ctx is None else (ctx.rank, ctx.world_size)
-    if world_size > 1 and (config.batch_size % world_size or config.batch_size > data.train_x.shape[0]):
+    validation = None
+    if config.val_split:
+        data, validation = data.split_validation(config.val_split, config.seed + VAL_SEED_OFFSET)
+    if world_size > 1 and (config.batch_size % world_size or config.batch_size > data.train_size):
         raise ConfigError(f"batch_size {config.batch_size} is the global batch: it must be "
                           f"divisible by the {world_size} process(es) and at most the "
-                          f"{data.train_x.shape[0]} training examples")
+                          f"{data.train_size} training examples")
     device = torch.device(config.device) if ctx is None else ctx.device
     _seed_everything(config.seed)
     model = build_model(config.model, config.num_classes, config.he, config.in_channels,
                         config.image_size, config.mean, config.std).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
-    loader = TensorLoader(data.train_x.to(device), data.train_y.to(device), config.batch_size,
-                          shuffle=True, generator=torch.Generator().manual_seed(config.seed),
-                          rank=rank, world_size=world_size)
+    optimizer = _optimizer(config, model)
+    loader = data.train_loader(config.batch_size, torch.Generator().manual_seed(config.seed),
+                               rank, world_size, device)
     iters = min(len(loader), config.max_steps_per_epoch or len(loader))
     scheduler = build_scheduler(optimizer, config.schedule, config.epochs, iters,
-                                config.milestones, config.gamma)
+                                config.milestones, config.gamma,
+                                warmup_iters=round(config.warmup_epochs * iters))
     augment = None
     if config.crop_padding or config.flip:
         augment = Augment(config.crop_padding, config.flip,
@@ -259,19 +447,32 @@ def _build(config: TrainConfig, data: Dataset, out: Path, state: Optional[dict],
         backend=config.backend, bf16=config.bf16, channels_last=config.channels_last,
         scheduler=scheduler, scheduler_interval="batch", augment=augment, device=device,
         seed=rank_seed(config.seed + 1, rank), max_steps_per_epoch=config.max_steps_per_epoch,
-        progress=progress, distributed=ctx, sync_bn=config.sync_bn,
-        start=config.start, eval_mode=config.bn_eval,
+        progress=show_progress, distributed=ctx, sync_bn=config.sync_bn,
+        start=config.start, eval_mode=config.bn_eval, norm=config.norm,
+        label_smoothing=config.label_smoothing,
         **{"trades": {"beta": config.beta}, "alp": {"alp_weight": config.alp_weight}}.get(config.framework, {}),
     )
-    n_eval = min(config.eval_examples, data.test_x.shape[0])
-    test_x, test_y = data.test_x[:n_eval].to(device), data.test_y[:n_eval].to(device)
-    run = TrainingRun(config, trainer, test_x, test_y, out)
-    if run.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    ema = None
+    if config.ema:
+        ema = WeightEMA(model, config.ema)
+        optimizer.register_step_post_hook(lambda *_: ema.update(model))
+    eval_sets = {}
+    for name, source in (("test", data), ("val", validation)):
+        if source is not None:
+            x, y = source.test_subset(config.eval_examples)
+            eval_sets[name] = (x.to(device), y.to(device))
+    run = TrainingRun(config, trainer, eval_sets, out, ema=ema, show_progress=show_progress,
+                      steps_per_epoch=iters)
     if state is not None:
         _restore(run, state, out / LAST)
-        if run.is_main:
-            _truncate_metrics(out / METRICS, run.start_epoch)
-    elif run.is_main and (out / METRICS).exists():
-        (out / METRICS).unlink()
+        run.resumed_threads = state["config"].get("threads")
+    if dry_run or not run.is_main:
+        return run
+    out.mkdir(parents=True, exist_ok=True)
+    if state is not None:
+        _truncate_metrics(out / METRICS, run.start_epoch)
+    else:
+        for stale in (METRICS, CURVES):
+            if (out / stale).exists():
+                (out / stale).unlink()
     return run

@@ -24,7 +24,8 @@ class Trainer:
     channels_last. Attack settings (``eps``, ``alpha``, ``steps``, ``start``, ``beta``,
     ``alp_weight``, ``eval_mode``; None = the framework's default: α = ε/4, 10 steps, FastAT
     α = 1.25ε, FreeAT α = ε and 4 replays) and loss settings (``he`` — default ``model.he`` —,
-    ``scale`` and ``margin`` — default SPEC §3's per framework —, ``backend``, ``bf16``) are passed to :func:`build_framework`
+    ``scale`` and ``margin`` — default SPEC §3's per framework —, ``backend``, ``bf16``,
+    ``label_smoothing``) are passed to :func:`build_framework`
     when ``framework`` is a name. ``scheduler`` steps per batch or per epoch
     (``scheduler_interval``). :meth:`state_dict` holds everything but the model and
     optimizer that a bit-exact resume needs (framework state, generators, loader order).
@@ -48,7 +49,7 @@ class Trainer:
                  device: Optional[Union[str, torch.device]] = None, seed: int = 0,
                  max_steps_per_epoch: Optional[int] = None, progress: bool = True,
                  distributed: Optional[Distributed] = None, sync_bn: bool = False,
-                 **framework_options):
+                 label_smoothing: float = 0.0, **framework_options):
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -64,7 +65,8 @@ class Trainer:
             he_scale, he_margin = FRAMEWORK_DEFAULTS.get(framework, (15.0, 0.2))[:2]
             objective = Objective(getattr(model, "he", False) if he is None else he,
                                   he_scale if scale is None else scale,
-                                  he_margin if margin is None else margin, backend, bf16)
+                                  he_margin if margin is None else margin, backend, bf16,
+                                  label_smoothing)
             settings = dict(framework_options, eps=eps, alpha=alpha, generator=self.generator)
             if steps is not None:
                 settings["steps"] = steps
@@ -102,8 +104,8 @@ class Trainer:
     def _progress_bar(self, epoch: int):
         if not self.progress:
             return contextlib.nullcontext(None)
-        from tqdm.auto import tqdm
-        return tqdm(total=self._num_steps(), desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        from heat_fast import progress
+        return progress.bar(self._num_steps(), f"epoch {epoch}", kind="train")
 
     def train_epoch(self, epoch: int = 1) -> Dict[str, float]:
         """One pass over the loader (at most ``max_steps_per_epoch`` batches).

@@ -263,7 +263,7 @@ def _l2_init_write_kernel(
 
 
 def budget_pattern(value: torch.Tensor, shape: torch.Size) -> Pattern:
-    """(mode, scalar, values, inner, period) of a budget (heat_fast._budgets) for x's shape."""
+    """(mode, scalar, values, inner, period) of a budget (heat_fast._step_args) for x's shape."""
     if value.dim() == 0 and value.device.type == "cpu":
         return 0, float(value), value, 1, 1
     full = value.expand(shape)
