@@ -56,3 +56,9 @@ def test_info_lists_every_backend(capsys):
 def test_unknown_subcommand_exits_2(capsys):
     assert cli_main(["frobnicate"]) == 2
     assert "unknown subcommand" in capsys.readouterr().err
+
+
+def test_backend_of_the_wrong_type_is_a_clear_error():
+    x = torch.rand(2, 3)
+    with pytest.raises(TypeError, match="backend must be 'auto' or one of"):
+        hf.pgd_step(x, x, x, 0.1, 0.01, backend=1)

@@ -54,6 +54,9 @@ def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> O
 
 
 def _requested(backend: Optional[str]) -> str:
+    if backend is not None and not isinstance(backend, str):
+        raise TypeError(f"backend must be 'auto' or one of {BACKENDS}, got "
+                        f"{type(backend).__name__} {backend!r}")
     requested = (backend or "auto").lower()
     if requested == "auto":
         requested = (os.environ.get(ENV_VAR) or "auto").lower()
