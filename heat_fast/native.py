@@ -6,8 +6,9 @@ to load (for example one built for another torch) warns once and leaves the back
 unavailable, so ``backend="auto"`` falls back to the others. ``HEAT_FAST_DISABLE_NATIVE=1``
 makes the backend unavailable at run time.
 
-Kernel functions (contracts in heat_fast.ops.he_loss and heat_fast.ops.pgd):
-``he_ce_forward``, ``he_ce_backward``, ``pgd_step_`` and ``random_init_``; they call the
+Kernel functions (contracts in heat_fast.ops.he_loss, heat_fast.ops.he_loss_chunked and
+heat_fast.ops.pgd): ``he_ce_forward``, ``he_ce_backward``, ``he_ce_chunked_forward``,
+``he_ce_chunked_backward``, ``pgd_step_`` and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
 ``he_cross_entropy`` is the whole differentiable loss, reduced inside the op
 ``heat_fast_C::he_cross_entropy``, whose autograd is C++ (no Python autograd wrapper).
@@ -103,6 +104,19 @@ def _register_fakes() -> None:
           weight_norm):
         return torch.empty_like(features), torch.empty_like(weight)
 
+    @torch.library.register_fake("heat_fast_C::he_ce_chunked_forward")
+    def _(features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm,
+          chunk):
+        dtype = stat_dtype(features)
+        batch, classes = features.shape[0], weight.shape[0]
+        rows = [features.new_empty((batch,), dtype=dtype) for _ in range(4)]
+        return (*rows, features.new_empty((classes,), dtype=dtype))
+
+    @torch.library.register_fake("heat_fast_C::he_ce_chunked_backward")
+    def _(grad_rows, features, weight, target, lse, target_grad, feature_norms, weight_norms,
+          scale, label_smoothing, feature_norm, weight_norm, chunk):
+        return torch.empty_like(features), torch.empty_like(weight)
+
     @torch.library.register_fake("heat_fast_C::pgd_step_")
     def _(out, x_adv, grad, x_nat, eps, alpha, norm, clip_min, clip_max):
         return None
@@ -190,6 +204,26 @@ def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos
     """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss."""
     return _ops().he_ce_backward.default(grad_rows, features, weight, grad_cos, feature_norms,
                                          weight_norms, feature_norm, weight_norm)
+
+
+def he_ce_chunked_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float,
+                          margin: float, label_smoothing: float, feature_norm: bool,
+                          weight_norm: bool, chunk: int) -> Tuple[Tensor, ...]:
+    """(loss_rows, lse, target_grad, feature_norms, weight_norms); see
+    heat_fast.ops.he_loss_chunked."""
+    return _ops().he_ce_chunked_forward.default(features, weight, target, scale, margin,
+                                                label_smoothing, feature_norm, weight_norm, chunk)
+
+
+def he_ce_chunked_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, target: Tensor,
+                           lse: Tensor, target_grad: Tensor, feature_norms: Tensor,
+                           weight_norms: Tensor, scale: float, label_smoothing: float,
+                           feature_norm: bool, weight_norm: bool, chunk: int
+                           ) -> Tuple[Tensor, Tensor]:
+    """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss_chunked."""
+    return _ops().he_ce_chunked_backward.default(grad_rows, features, weight, target, lse,
+                                                 target_grad, feature_norms, weight_norms, scale,
+                                                 label_smoothing, feature_norm, weight_norm, chunk)
 
 
 def pgd_step_(out: Tensor, x_adv: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,

@@ -1,0 +1,442 @@
+// CPU kernels of the large-class HE loss, heat_fast_C::he_ce_chunked_forward and
+// he_ce_chunked_backward (contract in heat_fast/ops/he_loss_chunked.py): the classes in chunks,
+// never a batch × classes buffer.
+//
+// Forward: the norms, then per chunk of classes its dots with every batch row (one product),
+// its logits and an online log-sum-exp per batch row (he_loss_chunked_kernels.inc).
+// Backward: per chunk the same dots again, the operand H = dL/dcos ⊘ ‖x‖ ⊘ ‖W‖ of both gradient
+// products, u += Hᵀ W_c (the features' gradient, before its normalization backward, summed over
+// chunks) and v = H X (the chunk's rows of the weight gradient, finished at once). The target
+// class's entry of H is left out of the products and added in the math dtype, so the largest
+// entry (it carries −Σ_{j≠y} p_j) is never rounded to an operand's precision.
+//
+// Chunks are grouped into at most kMaxSlices slices of consecutive chunks, one task each
+// (tasks.h): a slice keeps its own statistics and its own share of u, merged in slice order,
+// so results do not depend on the thread count. Memory beyond the inputs and gradients:
+// per running task one chunk's block (chunk × B), its packed operands and a chunk of weight
+// rows in float32; per slice a B × D share of u.
+//
+// Products: bfloat16 inputs (both, D even) on a CPU with AVX512_BF16 multiply in bf16 with
+// float32 accumulation (bf16_gemm.h; H is rounded to bf16 for its two products); everything
+// else in float32 (float64 for float64 inputs) on torch's BLAS, 16-bit weight rows converted
+// one chunk at a time.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "../checks.h"
+#include "../no_autocast.h"
+#include "bf16_gemm.h"
+#include "blas.h"
+#include "he_loss.h"
+#include "isa.h"
+#include "tasks.h"
+
+namespace heat_fast::cpu {
+
+#define HEAT_FAST_KERNELS_INC "he_loss_chunked_kernels.inc"
+#include "isa_variants.inc"
+#undef HEAT_FAST_KERNELS_INC
+
+namespace {
+
+// A chunk's block of products holds about this many values (1 MiB of float32): cache-sized
+// for the passes over it, large enough for efficient products.
+constexpr int64_t kChunkValues = int64_t(1) << 18;
+constexpr int64_t kMinChunk = 64;
+constexpr int64_t kMaxChunk = 4096;
+// At most this many slices, and at least 16·D classes per slice, so that the slices' shares of
+// u (slices × B × D) stay below 1/16 of a B × C buffer.
+constexpr int64_t kMaxSlices = 8;
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The chunks and slices of the classes, from the shapes (and a requested chunk) alone.
+struct Plan {
+  Plan(int64_t batch, int64_t classes, int64_t dim, int64_t requested) {
+    const int64_t automatic =
+        std::clamp(ceil_div(kChunkValues / batch, 64) * 64, kMinChunk, kMaxChunk);
+    chunk = std::min(requested > 0 ? requested : automatic, classes);
+    chunks = ceil_div(classes, chunk);
+    slices = std::clamp(std::min(chunks, classes / (16 * dim)), int64_t(1), kMaxSlices);
+    this->classes = classes;
+  }
+
+  int64_t first_chunk(int64_t slice) const { return slice * chunks / slices; }
+  int64_t begin(int64_t c) const { return c * chunk; }
+  int64_t count(int64_t c) const { return std::min(chunk, classes - c * chunk); }
+
+  int64_t chunk, chunks, slices, classes;
+};
+
+// The inputs as the passes read them.
+struct Inputs {
+  Inputs(const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target,
+         bool feature_norm, bool weight_norm)
+      : acc(math_dtype(features)),
+        weight(weight.contiguous()),
+        x(features.to(acc).contiguous()),
+        labels(target.contiguous()),
+        batch(features.size(0)),
+        classes(weight.size(0)),
+        dim(features.size(1)),
+        feature_norm(feature_norm),
+        weight_norm(weight_norm),
+        bf16(features.scalar_type() == at::kBFloat16 &&
+             weight.scalar_type() == at::kBFloat16 && dim % 2 == 0 && bf16::available()) {}
+
+  at::ScalarType acc;
+  at::Tensor weight, x, labels;
+  int64_t batch, classes, dim;
+  bool feature_norm, weight_norm;
+  bool bf16;  // the products run on bf16_gemm.h
+};
+
+// The inverse norms 1 / max(‖·‖, eps) (1 where the normalization is off), in acc_t.
+template <typename acc_t>
+std::vector<acc_t> inverses(const at::Tensor& norms, bool enabled) {
+  const at::Tensor n = norms.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+  const acc_t* data = n.const_data_ptr<acc_t>();
+  std::vector<acc_t> out(n.numel());
+  for (int64_t i = 0; i < n.numel(); ++i) {
+    out[i] = enabled ? acc_t(1) / std::max(data[i], acc_t(1e-12)) : acc_t(1);
+  }
+  return out;
+}
+
+// A task's buffers, reused from chunk to chunk.
+template <typename acc_t>
+struct Workspace {
+  std::vector<acc_t> block, rows, v;
+  bf16::Packed a, b;
+};
+
+// Rows [first, first + count) of the weight in acc_t: in place, or converted into ws.rows.
+template <typename acc_t>
+const acc_t* weight_rows(const Inputs& in, int64_t first, int64_t count, Workspace<acc_t>& ws) {
+  if (in.weight.scalar_type() == c10::CppTypeToScalarType<acc_t>::value) {
+    return in.weight.const_data_ptr<acc_t>() + first * in.dim;
+  }
+  ws.rows.resize(count * in.dim);
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  at::from_blob(ws.rows.data(), {count, in.dim}, options)
+      .copy_(in.weight.narrow(0, first, count));
+  return ws.rows.data();
+}
+
+// out (rows × cols, row stride ldo) += a · b on torch's BLAS.
+template <typename acc_t>
+void add_product(RowMajor<acc_t> a, RowMajor<acc_t> b, acc_t* out, int64_t ldo, int64_t rows,
+                 int64_t cols, int64_t inner) {
+  at::Tensor result = as_tensor<acc_t>({out, ldo}, rows, cols);
+  at::addmm_out(result, result, as_tensor(a, rows, inner), as_tensor(b, inner, cols));
+}
+
+// The products of a chunk in the math dtype on torch's BLAS; w holds the chunk's weight rows in
+// the math dtype (weight_rows).
+template <typename acc_t>
+struct BlasProducts {
+  static constexpr bool kReadsRows = true;
+
+  // ws.block (count × B) = W_c Xᵀ.
+  void dots(int64_t, int64_t count, const acc_t* w, Workspace<acc_t>& ws) const {
+    matmul<acc_t>({w, in.dim}, {x(), in.dim, true}, ws.block.data(), in.batch, count, in.batch,
+                  in.dim);
+  }
+
+  // u (B × D) += blockᵀ W_c and v (count × D) = block X, ws.block holding H.
+  void grads(int64_t, int64_t count, const acc_t* w, Workspace<acc_t>& ws, acc_t* u,
+             acc_t* v) const {
+    matmul<acc_t>({ws.block.data(), in.batch}, {x(), in.dim}, v, in.dim, count, in.dim,
+                  in.batch);
+    add_product<acc_t>({ws.block.data(), in.batch, true}, {w, in.dim}, u, in.dim, in.batch,
+                       in.dim, count);
+  }
+
+  const acc_t* x() const { return in.x.const_data_ptr<acc_t>(); }
+
+  const Inputs& in;
+};
+
+// The products of a chunk of bf16 inputs on the bf16 kernels (float32 results), reading the
+// weight rows as stored.
+struct Bf16Products {
+  static constexpr bool kReadsRows = false;
+
+  explicit Bf16Products(const Inputs& in) : in(in) {
+    const auto* x16 = in_x16();
+    bf16::pack(x16, in.dim, false, in.batch, in.dim, bf16::kPanelCols, x_by_row);
+    bf16::pack(x16, in.dim, true, in.dim, in.batch, bf16::kPanelCols, x_by_column);
+  }
+
+  void dots(int64_t first, int64_t count, const float*, Workspace<float>& ws) const {
+    bf16::pack(w16() + first * in.dim, in.dim, false, count, in.dim, bf16::kTileRows, ws.a);
+    bf16::gemm(ws.a, x_by_row, ws.block.data(), in.batch, false);
+  }
+
+  void grads(int64_t first, int64_t count, const float*, Workspace<float>& ws, float* u,
+             float* v) const {
+    const float* h = ws.block.data();
+    bf16::pack(h, in.batch, false, count, in.batch, bf16::kTileRows, ws.a);
+    bf16::gemm(ws.a, x_by_column, v, in.dim, false);
+    bf16::pack(h, in.batch, true, in.batch, count,
+               ceil_div(in.batch, bf16::kTileRows) * bf16::kTileRows, ws.a);
+    bf16::pack(w16() + first * in.dim, in.dim, true, in.dim, count, bf16::kPanelCols, ws.b);
+    bf16::gemm(ws.a, ws.b, u, in.dim, true);
+  }
+
+  const c10::BFloat16* w16() const { return in.weight.const_data_ptr<c10::BFloat16>(); }
+  const c10::BFloat16* in_x16() {
+    features16 = in.x.to(at::kBFloat16);  // exact: the features are bf16
+    return features16.const_data_ptr<c10::BFloat16>();
+  }
+
+  const Inputs& in;
+  at::Tensor features16;
+  bf16::Packed x_by_row, x_by_column;  // X as the right operand of W_c Xᵀ and of H X
+};
+
+// Calls f(acc_t{}, products, kernels) with the products for `in` and the row loops compiled
+// for this CPU.
+template <typename F>
+void with_products(const Inputs& in, const F& f) {
+  on_this_cpu([&](auto use_avx2) {
+    using K = std::conditional_t<decltype(use_avx2)::value, avx2::ChunkKernels,
+                                 baseline::ChunkKernels>;
+    if (in.acc == at::kDouble) {
+      f(double{}, BlasProducts<double>{in}, K{});
+    } else if (in.bf16) {
+      f(float{}, Bf16Products(in), K{});
+    } else {
+      f(float{}, BlasProducts<float>{in}, K{});
+    }
+  });
+}
+
+// The weight norms without converting the weight: one row at a time in acc_t.
+template <typename acc_t, typename K>
+void weight_norms_into(K kernels, const Inputs& in, acc_t* norms) {
+  at::parallel_for(0, in.classes, 256, [&](int64_t begin, int64_t end) {
+    Workspace<acc_t> ws;
+    for (int64_t first = begin; first < end; first += 256) {
+      const int64_t count = std::min<int64_t>(256, end - first);
+      kernels.row_norms(weight_rows(in, first, count, ws), count, in.dim, norms + first);
+    }
+  });
+}
+
+template <typename acc_t>
+acc_t* data(const at::Tensor& t) {
+  return t.mutable_data_ptr<acc_t>();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chunked_forward(
+    const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target, double scale,
+    double margin, double label_smoothing, bool feature_norm, bool weight_norm, int64_t chunk) {
+  check_he_forward(features, weight, target);
+  TORCH_CHECK_VALUE(chunk >= 0, "chunk must be >= 0 (0: automatic), got ", chunk);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
+  const Inputs in(features, weight, target, feature_norm, weight_norm);
+  const Plan plan(in.batch, in.classes, in.dim, chunk);
+  const auto stats = in.x.options();
+  const auto norms = [&](bool computed, int64_t count) {
+    return computed ? at::empty({count}, stats) : at::ones({count}, stats);
+  };
+  at::Tensor feature_norms = norms(feature_norm, in.batch);
+  at::Tensor weight_norms = norms(weight_norm, in.classes);
+  at::Tensor loss = at::empty({in.batch}, stats);
+  at::Tensor lse = at::empty({in.batch}, stats);
+  at::Tensor target_grad = at::empty({in.batch}, stats);
+  const int64_t* labels = in.labels.const_data_ptr<int64_t>();
+  const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};
+  with_products(in, [&](auto acc_tag, const auto& products, auto kernels) {
+    using acc_t = decltype(acc_tag);
+    constexpr bool kReadsRows = std::decay_t<decltype(products)>::kReadsRows;
+    for (int64_t b = 0; b < in.batch; ++b) {
+      baseline::check_label(labels[b], in.classes);
+    }
+    if (feature_norm) {
+      kernels.row_norms(in.x.const_data_ptr<acc_t>(), in.batch, in.dim, data<acc_t>(feature_norms));
+    }
+    if (weight_norm) {
+      weight_norms_into<acc_t>(kernels, in, data<acc_t>(weight_norms));
+    }
+    const std::vector<acc_t> inv_x = inverses<acc_t>(feature_norms, feature_norm);
+    const std::vector<acc_t> inv_w = inverses<acc_t>(weight_norms, weight_norm);
+    const auto s = static_cast<acc_t>(scale);
+    const auto m = static_cast<acc_t>(margin);
+    const bool smoothing = label_smoothing != 0;
+    // Per slice and batch row: the largest logit, Σ e^{z − z_max} over the non-target
+    // logits and Σ z; per batch row the target's logit (from the slice holding it).
+    std::vector<acc_t> z_max(plan.slices * in.batch, std::numeric_limits<acc_t>::lowest());
+    std::vector<acc_t> rest(plan.slices * in.batch, 0);
+    std::vector<double> z_sum(plan.slices * in.batch, 0);
+    std::vector<acc_t> z_y(in.batch);
+    run_tasks(plan.slices, [&](int64_t slice) {
+      Workspace<acc_t> ws;
+      acc_t* top = z_max.data() + slice * in.batch;
+      acc_t* sums = rest.data() + slice * in.batch;
+      double* totals = z_sum.data() + slice * in.batch;
+      for (int64_t c = plan.first_chunk(slice); c < plan.first_chunk(slice + 1); ++c) {
+        const int64_t first = plan.begin(c), count = plan.count(c);
+        ws.block.resize(count * in.batch);
+        products.dots(first, count, kReadsRows ? weight_rows(in, first, count, ws) : nullptr, ws);
+        for (int64_t b = 0; b < in.batch; ++b) {  // the target's logit, with the margin
+          const int64_t j = labels[b] - first;
+          if (j < 0 || j >= count) continue;
+          acc_t& dot = ws.block[j * in.batch + b];
+          const acc_t cos_y = dot * inv_x[b] * inv_w[labels[b]];
+          z_y[b] = s * (cos_y - m);  // rounded as the reference's s · (cos − m)
+          dot = -std::numeric_limits<acc_t>::infinity();  // out of `rest`
+          if (z_y[b] > top[b]) {
+            sums[b] *= std::exp(top[b] - z_y[b]);
+            top[b] = z_y[b];
+          }
+          totals[b] += static_cast<double>(z_y[b]);
+        }
+        kernels.logits(ws.block.data(), count, in.batch, inv_x.data(), inv_w.data() + first, s);
+        kernels.softmax_stats(ws.block.data(), count, in.batch, top, sums,
+                              smoothing ? totals : nullptr);
+      }
+    });
+    for (int64_t b = 0; b < in.batch; ++b) {  // the slices merged in order
+      acc_t top = z_max[b];
+      for (int64_t slice = 1; slice < plan.slices; ++slice) {
+        top = std::max(top, z_max[slice * in.batch + b]);
+      }
+      acc_t sum = 0;
+      double total = 0;
+      for (int64_t slice = 0; slice < plan.slices; ++slice) {
+        const acc_t slice_top = z_max[slice * in.batch + b];
+        const acc_t slice_sum = rest[slice * in.batch + b];
+        sum += slice_top == top ? slice_sum : slice_sum * std::exp(slice_top - top);
+        total += z_sum[slice * in.batch + b];
+      }
+      const baseline::RowLoss<acc_t> row(top, z_y[b], sum, static_cast<acc_t>(total), in.classes, options);
+      data<acc_t>(loss)[b] = row.loss;
+      data<acc_t>(lse)[b] = row.lse;
+      data<acc_t>(target_grad)[b] = row.target_grad;
+    }
+  });
+  return {loss, lse, target_grad, feature_norms, weight_norms};
+}
+
+std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
+    const at::Tensor& grad_rows, const at::Tensor& features, const at::Tensor& weight,
+    const at::Tensor& target, const at::Tensor& lse, const at::Tensor& target_grad,
+    const at::Tensor& feature_norms, const at::Tensor& weight_norms, double scale,
+    double label_smoothing, bool feature_norm, bool weight_norm, int64_t chunk) {
+  check_he_chunked_backward(grad_rows, features, weight, target, lse, target_grad, feature_norms,
+                            weight_norms);
+  TORCH_CHECK_VALUE(chunk >= 0, "chunk must be >= 0 (0: automatic), got ", chunk);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const NoAutocast no_autocast;
+  const Inputs in(features, weight, target, feature_norm, weight_norm);
+  const Plan plan(in.batch, in.classes, in.dim, chunk);
+  at::Tensor d_weight = at::empty_like(in.weight);
+  at::Tensor u_parts = at::zeros({plan.slices, in.batch, in.dim}, in.x.options());
+  const int64_t* labels = in.labels.const_data_ptr<int64_t>();
+  with_products(in, [&](auto acc_tag, const auto& products, auto kernels) {
+    using acc_t = decltype(acc_tag);
+    constexpr auto kAcc = c10::CppTypeToScalarType<acc_t>::value;
+    const std::vector<acc_t> inv_x = inverses<acc_t>(feature_norms, feature_norm);
+    const std::vector<acc_t> inv_w = inverses<acc_t>(weight_norms, weight_norm);
+    const at::Tensor w_norms = weight_norms.to(kAcc).contiguous();
+    const at::Tensor row_lse = lse.to(kAcc).contiguous();
+    const at::Tensor g = grad_rows.to(kAcc).contiguous();
+    const at::Tensor t_grad = target_grad.to(kAcc).contiguous();
+    const auto s = static_cast<acc_t>(scale);
+    const acc_t off_target = static_cast<acc_t>(label_smoothing) / static_cast<acc_t>(in.classes);
+    // Per batch row: the factor of its operand entries and its target's entry of H.
+    std::vector<acc_t> row_scale(in.batch), target_h(in.batch);
+    for (int64_t b = 0; b < in.batch; ++b) {
+      const acc_t g_b = g.const_data_ptr<acc_t>()[b];
+      row_scale[b] = g_b * s * inv_x[b];
+      target_h[b] = g_b * t_grad.const_data_ptr<acc_t>()[b] * inv_x[b] * inv_w[labels[b]];
+    }
+    const acc_t* x = in.x.const_data_ptr<acc_t>();
+    const bool in_place = in.weight.scalar_type() == kAcc;
+    run_tasks(plan.slices, [&](int64_t slice) {
+      Workspace<acc_t> ws;
+      acc_t* u = data<acc_t>(u_parts) + slice * in.batch * in.dim;
+      for (int64_t c = plan.first_chunk(slice); c < plan.first_chunk(slice + 1); ++c) {
+        const int64_t first = plan.begin(c), count = plan.count(c);
+        ws.block.resize(count * in.batch);
+        const acc_t* w = weight_rows(in, first, count, ws);
+        products.dots(first, count, w, ws);
+        kernels.grad_operand(ws.block.data(), count, in.batch, inv_x.data(), inv_w.data() + first,
+                             s, row_lse.const_data_ptr<acc_t>(), row_scale.data(), off_target);
+        for (int64_t b = 0; b < in.batch; ++b) {
+          const int64_t j = labels[b] - first;
+          if (j >= 0 && j < count) ws.block[j * in.batch + b] = 0;  // added below
+        }
+        acc_t* v = in_place ? data<acc_t>(d_weight) + first * in.dim : nullptr;
+        if (!in_place) {
+          ws.v.resize(count * in.dim);
+          v = ws.v.data();
+        }
+        products.grads(first, count, w, ws, u, v);
+        for (int64_t b = 0; b < in.batch; ++b) {  // the target entries, in the math dtype
+          const int64_t j = labels[b] - first;
+          if (j < 0 || j >= count) continue;
+          const acc_t h = target_h[b];
+          acc_t* u_row = u + b * in.dim;
+          acc_t* v_row = v + j * in.dim;
+          const acc_t* w_row = w + j * in.dim;
+          const acc_t* x_row = x + b * in.dim;
+          for (int64_t d = 0; d < in.dim; ++d) {
+            u_row[d] += h * w_row[d];
+            v_row[d] += h * x_row[d];
+          }
+        }
+        if (weight_norm) {
+          kernels.tangent_rows(v, w, w_norms.const_data_ptr<acc_t>() + first, count, in.dim);
+        }
+        if (!in_place) {
+          const auto options = at::TensorOptions().dtype(kAcc);
+          d_weight.narrow(0, first, count).copy_(at::from_blob(v, {count, in.dim}, options));
+        }
+      }
+    });
+    acc_t* u = data<acc_t>(u_parts);
+    const int64_t part = in.batch * in.dim;
+    for (int64_t slice = 1; slice < plan.slices; ++slice) {  // the slices' shares, in order
+      const acc_t* share = u + slice * part;
+      for (int64_t i = 0; i < part; ++i) {
+        u[i] += share[i];
+      }
+    }
+    if (feature_norm) {
+      const at::Tensor x_norms = feature_norms.to(kAcc).contiguous();
+      kernels.tangent_rows(u, x, x_norms.const_data_ptr<acc_t>(), in.batch, in.dim);
+    }
+  });
+  at::Tensor d_features = u_parts[0].to(features.scalar_type());
+  return {d_features, d_weight};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(heat_fast_C, CPU, m) {
+  m.impl("he_ce_chunked_forward", &he_ce_chunked_forward);
+  m.impl("he_ce_chunked_backward", &he_ce_chunked_backward);
+}
+
+}  // namespace heat_fast::cpu
