@@ -20,6 +20,9 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Pairs per block of the inner dimension: a block of a right panel is 16 KiB.
+constexpr int64_t kBlockPairs = 128;
+
 uint32_t bits(c10::BFloat16 v) { return v.x; }
 uint32_t bits(float v) { return c10::BFloat16(v).x; }  // nearest even
 
@@ -110,11 +113,13 @@ __mmask16 first_lanes(int64_t count) {
   return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
-// out[r][c] (+)= Σ_kp a[kp · a_stride + r] · b[kp · kPanelCols + c] for r < rows, c < cols
-// (the packed operands are zero beyond them).
-template <int R>
-void tile(int64_t pairs, const uint32_t* a, int64_t a_stride, const uint32_t* b, float* out,
+// out[r][c] (+)= Σ_kp A[r][kp] · b[kp · kPanelCols + c] for r < rows, c < cols, with A[r][kp] at
+// a[r · stride + kp] (kInPlace) or a[kp · stride + r]; the operands hold kTileRows rows and
+// kPanelCols columns (zero beyond rows and cols where packed).
+template <bool kInPlace>
+void tile(int64_t pairs, const uint32_t* a, int64_t stride, const uint32_t* b, float* out,
           int64_t ldo, int64_t rows, int64_t cols, bool accumulate) {
+  constexpr int R = kTileRows;
   const __mmask16 low = first_lanes(cols), high = first_lanes(cols - 16);
   __m512 acc[R][2];
 #pragma GCC unroll 16
@@ -126,10 +131,10 @@ void tile(int64_t pairs, const uint32_t* a, int64_t a_stride, const uint32_t* b,
   for (int64_t kp = 0; kp < pairs; ++kp) {
     const __m512bh b0 = (__m512bh)_mm512_loadu_si512(b + kp * kPanelCols);
     const __m512bh b1 = (__m512bh)_mm512_loadu_si512(b + kp * kPanelCols + 16);
-    const uint32_t* a_kp = a + kp * a_stride;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
-      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(a_kp[r]));
+      const uint32_t word = kInPlace ? a[r * stride + kp] : a[kp * stride + r];
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(static_cast<int>(word));
       acc[r][0] = _mm512_dpbf16_ps(acc[r][0], av, b0);
       acc[r][1] = _mm512_dpbf16_ps(acc[r][1], av, b1);
     }
@@ -140,18 +145,42 @@ void tile(int64_t pairs, const uint32_t* a, int64_t a_stride, const uint32_t* b,
   }
 }
 
-void gemm_avx512(const Packed& a, const Packed& b, float* out, int64_t ldo, bool accumulate) {
-  const bool panelled = a.width == kTileRows;
-  const int64_t a_stride = panelled ? kTileRows : a.width;
+void gemm_avx512(const Left& a, const Packed& b, float* out, int64_t ldo, bool accumulate) {
   const int64_t tiles = ceil_div(a.outer, kTileRows);
   const int64_t panels = ceil_div(b.outer, kPanelCols);
-  for (int64_t p = 0; p < panels; ++p) {
-    const uint32_t* b_panel = b.panel(p);
-    const int64_t cols = std::min(kPanelCols, b.outer - p * kPanelCols);
-    for (int64_t t = 0; t < tiles; ++t) {
-      const uint32_t* a_tile = panelled ? a.panel(t) : a.words.data() + t * kTileRows;
-      tile<kTileRows>(a.pairs, a_tile, a_stride, b_panel, out + t * kTileRows * ldo + p * kPanelCols,
-                      ldo, std::min(kTileRows, a.outer - t * kTileRows), cols, accumulate);
+  // The rows of a last, partial tile read in place, packed with zeros below them.
+  std::vector<uint32_t> tail;
+  const int64_t tail_rows = a.outer % kTileRows;
+  if (a.in_place && tail_rows != 0) {
+    tail.assign(a.pairs * kTileRows, 0u);
+    const uint32_t* first = a.words + (tiles - 1) * a.tile_stride;
+    for (int64_t r = 0; r < tail_rows; ++r) {
+      for (int64_t kp = 0; kp < a.pairs; ++kp) tail[kp * kTileRows + r] = first[r * a.stride + kp];
+    }
+  }
+  // Blocks of kBlockPairs pairs, so that a block of a right panel stays in the L1 cache while
+  // every tile of the left operand passes it; the accumulators go through out between blocks,
+  // in float32, so the sums are those of one unblocked pass.
+  for (int64_t k0 = 0; k0 < a.pairs; k0 += kBlockPairs) {
+    const int64_t pairs = std::min(kBlockPairs, a.pairs - k0);
+    const bool add = accumulate || k0 > 0;
+    for (int64_t p = 0; p < panels; ++p) {
+      const uint32_t* b_panel = b.panel(p) + k0 * kPanelCols;
+      const int64_t cols = std::min(kPanelCols, b.outer - p * kPanelCols);
+      for (int64_t t = 0; t < tiles; ++t) {
+        const int64_t rows = std::min(kTileRows, a.outer - t * kTileRows);
+        float* o = out + t * kTileRows * ldo + p * kPanelCols;
+        if (a.in_place && rows == kTileRows) {
+          tile<true>(pairs, a.words + t * a.tile_stride + k0, a.stride, b_panel, o, ldo, rows,
+                     cols, add);
+        } else if (a.in_place) {
+          tile<false>(pairs, tail.data() + k0 * kTileRows, kTileRows, b_panel, o, ldo, rows, cols,
+                      add);
+        } else {
+          tile<false>(pairs, a.words + t * a.tile_stride + k0 * a.stride, a.stride, b_panel, o,
+                      ldo, rows, cols, add);
+        }
+      }
     }
   }
 }
@@ -196,12 +225,25 @@ template void pack<float>(const float*, int64_t, bool, int64_t, int64_t, int64_t
 template void pack<c10::BFloat16>(const c10::BFloat16*, int64_t, bool, int64_t, int64_t, int64_t,
                                   Packed&);
 
-void gemm(const Packed& a, const Packed& b, float* out, int64_t ldo, bool accumulate) {
+Left Left::packed(const Packed& p) {
+  TORCH_CHECK(p.width % kTileRows == 0, "heat_fast: a left bf16 operand packed ", p.width,
+              " wide");
+  const bool panelled = p.width == kTileRows;
+  return {p.words.data(), p.outer, p.pairs, false, p.width,
+          panelled ? p.panel_words() : kTileRows};
+}
+
+Left Left::rows(const c10::BFloat16* a, int64_t ld, int64_t rows, int64_t inner) {
+  TORCH_CHECK(ld % 2 == 0 && inner % 2 == 0, "heat_fast: bf16 rows read in place need an even ",
+              "row stride and inner size, got ", ld, ", ", inner);
+  return {reinterpret_cast<const uint32_t*>(a), rows, inner / 2, true, ld / 2,
+          kTileRows * ld / 2};
+}
+
+void gemm(const Left& a, const Packed& b, float* out, int64_t ldo, bool accumulate) {
   TORCH_CHECK(available(), "heat_fast: bf16 products need a CPU with AVX512_BF16");
-  TORCH_CHECK(a.pairs == b.pairs, "heat_fast: bf16 gemm operands of ", a.pairs, " and ",
-              b.pairs, " pairs");
-  TORCH_CHECK(b.width == kPanelCols && (a.width == kTileRows || a.width % kTileRows == 0),
-              "heat_fast: bf16 gemm operands packed with widths ", a.width, ", ", b.width);
+  TORCH_CHECK(a.pairs == b.pairs && b.width == kPanelCols, "heat_fast: bf16 gemm operands of ",
+              a.pairs, " and ", b.pairs, " pairs, right one packed ", b.width, " wide");
 #ifdef HEAT_FAST_AVX2_KERNELS
   gemm_avx512(a, b, out, ldo, accumulate);
 #endif

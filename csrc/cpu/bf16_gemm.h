@@ -46,9 +46,22 @@ template <typename T>
 void pack(const T* src, int64_t ld, bool along_rows, int64_t outer, int64_t inner,
           int64_t width, Packed& out);
 
-// out (rows × cols, row stride ldo) = A · B (+ out when accumulate), for A packed with width
-// kTileRows (rows = its outer size), or as a single panel of a multiple of kTileRows lanes, and
-// B packed with width kPanelCols (cols = its outer size); both with the same pairs.
-void gemm(const Packed& a, const Packed& b, float* out, int64_t ldo, bool accumulate);
+// The left operand of a product, rows × (2 · pairs): either packed (width kTileRows, or a single
+// panel of a multiple of kTileRows lanes), or bf16 rows read in place (row stride ld, even, and
+// an even inner size).
+struct Left {
+  static Left packed(const Packed& p);
+  static Left rows(const c10::BFloat16* a, int64_t ld, int64_t rows, int64_t inner);
+
+  const uint32_t* words;
+  int64_t outer, pairs;  // rows and pairs per row
+  bool in_place;
+  int64_t stride;  // words between rows (in place) or between pairs (packed)
+  int64_t tile_stride;  // words between tiles of kTileRows rows
+};
+
+// out (rows × cols, row stride ldo) = A · B (+ out when accumulate), for B packed with width
+// kPanelCols (cols = its outer size) and as many pairs as A.
+void gemm(const Left& a, const Packed& b, float* out, int64_t ldo, bool accumulate);
 
 }  // namespace heat_fast::cpu::bf16

@@ -28,6 +28,7 @@
 
 #include "../checks.h"
 #include "../no_autocast.h"
+#include "../row_loss.h"
 #include "blas.h"
 #include "he_loss.h"
 #include "isa.h"

@@ -42,6 +42,7 @@
 
 #include "../checks.h"
 #include "../no_autocast.h"
+#include "../row_loss.h"
 #include "bf16_gemm.h"
 #include "blas.h"
 #include "he_loss.h"
@@ -52,6 +53,21 @@ namespace heat_fast::cpu {
 
 #define HEAT_FAST_KERNELS_INC "he_loss_chunked_kernels.inc"
 #include "isa_variants.inc"
+
+// These passes also run 16 lanes wide on AVX-512 CPUs, with FMA (the products they feed
+// already differ between instruction sets: BLAS and the bf16 kernels choose by the CPU).
+#ifdef HEAT_FAST_AVX2_KERNELS
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")
+#define HEAT_FAST_VECTOR_BYTES 64
+namespace avx512 {
+#include HEAT_FAST_KERNELS_INC
+}  // namespace avx512
+#undef HEAT_FAST_VECTOR_BYTES
+#pragma GCC pop_options
+#else
+namespace avx512 = avx2;
+#endif
 #undef HEAT_FAST_KERNELS_INC
 
 namespace {
@@ -186,19 +202,19 @@ struct Bf16Products {
   }
 
   void dots(int64_t first, int64_t count, const float*, Workspace<float>& ws) const {
-    bf16::pack(w16() + first * in.dim, in.dim, false, count, in.dim, bf16::kTileRows, ws.a);
-    bf16::gemm(ws.a, x_by_row, ws.block.data(), in.batch, false);
+    bf16::gemm(bf16::Left::rows(w16() + first * in.dim, in.dim, count, in.dim), x_by_row,
+               ws.block.data(), in.batch, false);
   }
 
   void grads(int64_t first, int64_t count, const float*, Workspace<float>& ws, float* u,
              float* v) const {
     const float* h = ws.block.data();
     bf16::pack(h, in.batch, false, count, in.batch, bf16::kTileRows, ws.a);
-    bf16::gemm(ws.a, x_by_column, v, in.dim, false);
+    bf16::gemm(bf16::Left::packed(ws.a), x_by_column, v, in.dim, false);
     bf16::pack(h, in.batch, true, in.batch, count,
                ceil_div(in.batch, bf16::kTileRows) * bf16::kTileRows, ws.a);
     bf16::pack(w16() + first * in.dim, in.dim, true, in.dim, count, bf16::kPanelCols, ws.b);
-    bf16::gemm(ws.a, ws.b, u, in.dim, true);
+    bf16::gemm(bf16::Left::packed(ws.a), ws.b, u, in.dim, true);
   }
 
   const c10::BFloat16* w16() const { return in.weight.const_data_ptr<c10::BFloat16>(); }
@@ -212,33 +228,41 @@ struct Bf16Products {
   bf16::Packed x_by_row, x_by_column;  // X as the right operand of W_c Xᵀ and of H X
 };
 
-// Calls f(acc_t{}, products, kernels) with the products for `in` and the row loops compiled
-// for this CPU.
+// Calls f(acc_t{}, products, kernels) with the products for `in` and the passes compiled for
+// this CPU.
 template <typename F>
 void with_products(const Inputs& in, const F& f) {
-  on_this_cpu([&](auto use_avx2) {
-    using K = std::conditional_t<decltype(use_avx2)::value, avx2::ChunkKernels,
-                                 baseline::ChunkKernels>;
+  const auto run = [&](auto kernels) {
     if (in.acc == at::kDouble) {
-      f(double{}, BlasProducts<double>{in}, K{});
+      f(double{}, BlasProducts<double>{in}, kernels);
     } else if (in.bf16) {
-      f(float{}, Bf16Products(in), K{});
+      f(float{}, Bf16Products(in), kernels);
     } else {
-      f(float{}, BlasProducts<float>{in}, K{});
+      f(float{}, BlasProducts<float>{in}, kernels);
     }
-  });
+  };
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return run(avx512::ChunkKernels{});
+    case Isa::kAvx2: return run(avx2::ChunkKernels{});
+    default: return run(baseline::ChunkKernels{});
+  }
 }
 
-// The weight norms without converting the weight: one row at a time in acc_t.
+// The weight norms, from the weight rows as stored.
 template <typename acc_t, typename K>
 void weight_norms_into(K kernels, const Inputs& in, acc_t* norms) {
-  at::parallel_for(0, in.classes, 256, [&](int64_t begin, int64_t end) {
-    Workspace<acc_t> ws;
-    for (int64_t first = begin; first < end; first += 256) {
-      const int64_t count = std::min<int64_t>(256, end - first);
-      kernels.row_norms(weight_rows(in, first, count, ws), count, in.dim, norms + first);
+  const at::Tensor& w = in.weight;
+  if (w.scalar_type() == c10::CppTypeToScalarType<acc_t>::value) {
+    kernels.row_norms(w.const_data_ptr<acc_t>(), in.classes, in.dim, norms);
+  } else if constexpr (std::is_same_v<acc_t, float>) {
+    if (w.scalar_type() == at::kBFloat16) {
+      kernels.row_norms_of(w.const_data_ptr<c10::BFloat16>(), in.classes, in.dim, norms);
+    } else {
+      kernels.row_norms_of(w.const_data_ptr<c10::Half>(), in.classes, in.dim, norms);
     }
-  });
+  } else {
+    kernels.row_norms(w.to(at::kDouble).const_data_ptr<acc_t>(), in.classes, in.dim, norms);
+  }
 }
 
 template <typename acc_t>
@@ -265,7 +289,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chu
   at::Tensor lse = at::empty({in.batch}, stats);
   at::Tensor target_grad = at::empty({in.batch}, stats);
   const int64_t* labels = in.labels.const_data_ptr<int64_t>();
-  const LossOptions options{scale, margin, label_smoothing, feature_norm, weight_norm};
   with_products(in, [&](auto acc_tag, const auto& products, auto kernels) {
     using acc_t = decltype(acc_tag);
     constexpr bool kReadsRows = std::decay_t<decltype(products)>::kReadsRows;
@@ -311,9 +334,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chu
           }
           totals[b] += static_cast<double>(z_y[b]);
         }
-        kernels.logits(ws.block.data(), count, in.batch, inv_x.data(), inv_w.data() + first, s);
-        kernels.softmax_stats(ws.block.data(), count, in.batch, top, sums,
-                              smoothing ? totals : nullptr);
+        kernels.softmax_stats(ws.block.data(), count, in.batch, inv_x.data(),
+                              inv_w.data() + first, s, top, sums, smoothing ? totals : nullptr);
       }
     });
     for (int64_t b = 0; b < in.batch; ++b) {  // the slices merged in order
@@ -329,7 +351,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chu
         sum += slice_top == top ? slice_sum : slice_sum * std::exp(slice_top - top);
         total += z_sum[slice * in.batch + b];
       }
-      const baseline::RowLoss<acc_t> row(top, z_y[b], sum, static_cast<acc_t>(total), in.classes, options);
+      const RowLoss<acc_t> row(top, z_y[b], sum, static_cast<acc_t>(total), in.classes, scale,
+                               label_smoothing);
       data<acc_t>(loss)[b] = row.loss;
       data<acc_t>(lse)[b] = row.lse;
       data<acc_t>(target_grad)[b] = row.target_grad;
