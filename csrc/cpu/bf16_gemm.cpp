@@ -20,8 +20,9 @@ namespace {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Pairs per block of the inner dimension: a block of a right panel is 16 KiB.
-constexpr int64_t kBlockPairs = 128;
+// At most this many pairs per block of the inner dimension: a block of a right panel is at most
+// 32 KiB, to stay in the L1 cache; the blocks of one product are of equal length.
+constexpr int64_t kMaxBlockPairs = 256;
 
 uint32_t bits(c10::BFloat16 v) { return v.x; }
 uint32_t bits(float v) { return c10::BFloat16(v).x; }  // nearest even
@@ -34,18 +35,25 @@ uint32_t bits(float v) { return c10::BFloat16(v).x; }  // nearest even
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// 16 consecutive values from p as 16 bf16 bit patterns, zero-extended to 32 bits.
-__m512i widened(const float* p) {
-  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(p)));
-}
-__m512i widened(const c10::BFloat16* p) {
-  return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+__mmask16 first_lanes(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
-// Words (src[r][c], src[r + 1][c]) for 16 consecutive columns c (rows r, r + 1 given).
+// The first `lanes` (≤ 16) of 16 consecutive values from p as bf16 bit patterns, zero-extended
+// to 32 bits (zero beyond `lanes`).
+__m512i widened(const float* p, __mmask16 lanes) {
+  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(lanes, p)));
+}
+__m512i widened(const c10::BFloat16* p, __mmask16 lanes) {
+  return _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, p));
+}
+
+// Words (src[r][c], src[r + 1][c]) for the first `lanes` of 16 consecutive columns c (rows r and
+// r + 1 given; no second row: zero high halves).
 template <typename T>
-__m512i row_pair_words(const T* row, const T* next) {
-  return _mm512_or_si512(widened(row), _mm512_slli_epi32(widened(next), 16));
+__m512i row_pair_words(const T* row, const T* next, __mmask16 lanes) {
+  const __m512i low = widened(row, lanes);
+  return next == nullptr ? low : _mm512_or_si512(low, _mm512_slli_epi32(widened(next, lanes), 16));
 }
 
 // Words (src[i][2kp], src[i][2kp + 1]) for 16 consecutive kp of one row i.
@@ -67,17 +75,13 @@ void pack_along_rows(const T* src, int64_t ld, int64_t outer, int64_t inner, int
     for (int64_t kp = 0; kp < pairs; ++kp) {
       uint32_t* dst = out + (p * pairs + kp) * width;
       const T* row = src + 2 * kp * ld + first;
-      const bool has_next = 2 * kp + 1 < inner;
-      int64_t lane = 0;
-      if (has_next) {
-        for (; lane + 16 <= lanes; lane += 16) {
-          _mm512_storeu_si512(dst + lane, row_pair_words(row + lane, row + ld + lane));
-        }
+      const T* next = 2 * kp + 1 < inner ? row + ld : nullptr;
+      for (int64_t lane = 0; lane < width; lane += 16) {
+        const __mmask16 valid = first_lanes(lanes - lane);
+        const __m512i words = row_pair_words(row + lane, next == nullptr ? nullptr : next + lane,
+                                             valid);
+        _mm512_mask_storeu_epi32(dst + lane, first_lanes(width - lane), words);
       }
-      for (; lane < lanes; ++lane) {
-        dst[lane] = bits(row[lane]) | (has_next ? bits(row[ld + lane]) << 16 : 0u);
-      }
-      std::fill(dst + lanes, dst + width, 0u);
     }
   }
 }
@@ -107,10 +111,6 @@ void pack_along_columns(const T* src, int64_t ld, int64_t outer, int64_t inner, 
       }
     }
   }
-}
-
-__mmask16 first_lanes(int64_t count) {
-  return count >= 16 ? __mmask16(0xFFFF) : count <= 0 ? __mmask16(0) : __mmask16((1u << count) - 1);
 }
 
 // out[r][c] (+)= Σ_kp A[r][kp] · b[kp · kPanelCols + c] for r < rows, c < cols, with A[r][kp] at
@@ -158,11 +158,12 @@ void gemm_avx512(const Left& a, const Packed& b, float* out, int64_t ldo, bool a
       for (int64_t kp = 0; kp < a.pairs; ++kp) tail[kp * kTileRows + r] = first[r * a.stride + kp];
     }
   }
-  // Blocks of kBlockPairs pairs, so that a block of a right panel stays in the L1 cache while
+  // Blocks of the inner dimension, so that a block of a right panel stays in the L1 cache while
   // every tile of the left operand passes it; the accumulators go through out between blocks,
   // in float32, so the sums are those of one unblocked pass.
-  for (int64_t k0 = 0; k0 < a.pairs; k0 += kBlockPairs) {
-    const int64_t pairs = std::min(kBlockPairs, a.pairs - k0);
+  const int64_t block_pairs = ceil_div(a.pairs, ceil_div(a.pairs, kMaxBlockPairs));
+  for (int64_t k0 = 0; k0 < a.pairs; k0 += block_pairs) {
+    const int64_t pairs = std::min(block_pairs, a.pairs - k0);
     const bool add = accumulate || k0 > 0;
     for (int64_t p = 0; p < panels; ++p) {
       const uint32_t* b_panel = b.panel(p) + k0 * kPanelCols;

@@ -10,11 +10,13 @@
 // class's entry of H is left out of the products and added in the math dtype, so the largest
 // entry (it carries −Σ_{j≠y} p_j) is never rounded to an operand's precision.
 //
-// Chunks are grouped into at most kMaxSlices slices of consecutive chunks, one task each
-// (tasks.h): a slice keeps its own statistics and its own share of u, merged in slice order,
-// so results do not depend on the thread count. Memory beyond the inputs and gradients:
-// per running task one chunk's block (chunk × B), its packed operands and a chunk of weight
-// rows in float32; per slice a B × D share of u.
+// Parallel work is cut by the shapes alone (tasks.h), so results do not depend on the thread
+// count: chunks are grouped into slices of consecutive chunks, one task each, whose per-row
+// statistics (forward) or shares of u (backward, one B × D share per slice) are merged in slice
+// order. One parallel region per call: finer, per-chunk rounds of tasks proved several times
+// slower on a shared 2-core machine, each round waiting for a descheduled thread. Memory beyond
+// the inputs and gradients: per running task one chunk's block (chunk × B), its packed operands
+// and weight rows in float32; per backward slice a share of u.
 //
 // Products: bfloat16 inputs (both, D even) on a CPU with AVX512_BF16 multiply in bf16 with
 // float32 accumulation (bf16_gemm.h; H is rounded to bf16 for its two products); everything
@@ -75,22 +77,23 @@ namespace {
 // A chunk's block of products holds about this many values (1 MiB of float32): cache-sized
 // for the passes over it, large enough for efficient products.
 constexpr int64_t kChunkValues = int64_t(1) << 18;
-constexpr int64_t kMinChunk = 64;
-constexpr int64_t kMaxChunk = 4096;
-// At most this many slices, and at least 16·D classes per slice, so that the slices' shares of
-// u (slices × B × D) stay below 1/16 of a B × C buffer.
-constexpr int64_t kMaxSlices = 8;
+constexpr int64_t kChunkStep = 96;  // whole tiles of the bf16 products (12 rows, 32 columns)
+constexpr int64_t kMinChunk = kChunkStep;
+constexpr int64_t kMaxChunk = 43 * kChunkStep;
+// Slices: the forward keeps per-row statistics per slice, the backward a B × D share of u.
+constexpr int64_t kForwardSlices = 32;
+constexpr int64_t kBackwardSlices = 8;
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The chunks and slices of the classes, from the shapes (and a requested chunk) alone.
 struct Plan {
-  Plan(int64_t batch, int64_t classes, int64_t dim, int64_t requested) {
-    const int64_t automatic =
-        std::clamp(ceil_div(kChunkValues / batch, 64) * 64, kMinChunk, kMaxChunk);
+  Plan(int64_t batch, int64_t classes, int64_t requested, int64_t max_slices) {
+    const int64_t automatic = std::clamp(ceil_div(kChunkValues / batch, kChunkStep) * kChunkStep,
+                                         kMinChunk, kMaxChunk);
     chunk = std::min(requested > 0 ? requested : automatic, classes);
     chunks = ceil_div(classes, chunk);
-    slices = std::clamp(std::min(chunks, classes / (16 * dim)), int64_t(1), kMaxSlices);
+    slices = std::min(chunks, max_slices);
     this->classes = classes;
   }
 
@@ -139,21 +142,21 @@ std::vector<acc_t> inverses(const at::Tensor& norms, bool enabled) {
 // A task's buffers, reused from chunk to chunk.
 template <typename acc_t>
 struct Workspace {
-  std::vector<acc_t> block, rows, v;
-  bf16::Packed a, b;
+  std::vector<acc_t> block, rows, row, v;
+  bf16::Packed a;
 };
 
-// Rows [first, first + count) of the weight in acc_t: in place, or converted into ws.rows.
+// Rows [first, first + count) of the weight in acc_t: in place, or converted into `rows`.
 template <typename acc_t>
-const acc_t* weight_rows(const Inputs& in, int64_t first, int64_t count, Workspace<acc_t>& ws) {
+const acc_t* weight_rows(const Inputs& in, int64_t first, int64_t count,
+                         std::vector<acc_t>& rows) {
   if (in.weight.scalar_type() == c10::CppTypeToScalarType<acc_t>::value) {
     return in.weight.const_data_ptr<acc_t>() + first * in.dim;
   }
-  ws.rows.resize(count * in.dim);
+  rows.resize(count * in.dim);
   const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  at::from_blob(ws.rows.data(), {count, in.dim}, options)
-      .copy_(in.weight.narrow(0, first, count));
-  return ws.rows.data();
+  at::from_blob(rows.data(), {count, in.dim}, options).copy_(in.weight.narrow(0, first, count));
+  return rows.data();
 }
 
 // out (rows × cols, row stride ldo) += a · b on torch's BLAS.
@@ -164,24 +167,30 @@ void add_product(RowMajor<acc_t> a, RowMajor<acc_t> b, acc_t* out, int64_t ldo, 
   at::addmm_out(result, result, as_tensor(a, rows, inner), as_tensor(b, inner, cols));
 }
 
-// The products of a chunk in the math dtype on torch's BLAS; w holds the chunk's weight rows in
-// the math dtype (weight_rows).
+// The products of a chunk in the math dtype on torch's BLAS. `w` points at weight rows in the
+// math dtype (weight_rows): those of the classes at hand for dots, the chunk's for
+// feature_grad.
 template <typename acc_t>
 struct BlasProducts {
   static constexpr bool kReadsRows = true;
+  struct Chunk {};  // nothing to prepare per chunk
 
-  // ws.block (count × B) = W_c Xᵀ.
-  void dots(int64_t, int64_t count, const acc_t* w, Workspace<acc_t>& ws) const {
-    matmul<acc_t>({w, in.dim}, {x(), in.dim, true}, ws.block.data(), in.batch, count, in.batch,
-                  in.dim);
+  // out (rows × B) = W[first : first + rows] Xᵀ.
+  void dots(int64_t, int64_t rows, const acc_t* w, acc_t* out) const {
+    matmul<acc_t>({w, in.dim}, {x(), in.dim, true}, out, in.batch, rows, in.batch, in.dim);
   }
 
-  // u (B × D) += blockᵀ W_c and v (count × D) = block X, ws.block holding H.
-  void grads(int64_t, int64_t count, const acc_t* w, Workspace<acc_t>& ws, acc_t* u,
-             acc_t* v) const {
-    matmul<acc_t>({ws.block.data(), in.batch}, {x(), in.dim}, v, in.dim, count, in.dim,
-                  in.batch);
-    add_product<acc_t>({ws.block.data(), in.batch, true}, {w, in.dim}, u, in.dim, in.batch,
+  // v (rows × D) = H_rows X, for rows of the chunk's operand H (ld B).
+  void weight_grad(const acc_t* h, int64_t rows, acc_t* v, Workspace<acc_t>&) const {
+    matmul<acc_t>({h, in.batch}, {x(), in.dim}, v, in.dim, rows, in.dim, in.batch);
+  }
+
+  void prepare(int64_t, int64_t, Chunk&) const {}
+
+  // u[b0 : b1] += H[:, b0 : b1]ᵀ W_c for the chunk's operand H (count × B).
+  void feature_grad(const acc_t* h, int64_t count, int64_t b0, int64_t b1, const acc_t* w,
+                    const Chunk&, acc_t* u, Workspace<acc_t>&) const {
+    add_product<acc_t>({h + b0, in.batch, true}, {w, in.dim}, u + b0 * in.dim, in.dim, b1 - b0,
                        in.dim, count);
   }
 
@@ -194,6 +203,9 @@ struct BlasProducts {
 // weight rows as stored.
 struct Bf16Products {
   static constexpr bool kReadsRows = false;
+  struct Chunk {
+    bf16::Packed w;  // the chunk's weight rows as the right operand of Hᵀ W_c
+  };
 
   explicit Bf16Products(const Inputs& in) : in(in) {
     const auto* x16 = in_x16();
@@ -201,20 +213,26 @@ struct Bf16Products {
     bf16::pack(x16, in.dim, true, in.dim, in.batch, bf16::kPanelCols, x_by_column);
   }
 
-  void dots(int64_t first, int64_t count, const float*, Workspace<float>& ws) const {
-    bf16::gemm(bf16::Left::rows(w16() + first * in.dim, in.dim, count, in.dim), x_by_row,
-               ws.block.data(), in.batch, false);
+  void dots(int64_t first, int64_t rows, const float*, float* out) const {
+    bf16::gemm(bf16::Left::rows(w16() + first * in.dim, in.dim, rows, in.dim), x_by_row, out,
+               in.batch, false);
   }
 
-  void grads(int64_t first, int64_t count, const float*, Workspace<float>& ws, float* u,
-             float* v) const {
-    const float* h = ws.block.data();
-    bf16::pack(h, in.batch, false, count, in.batch, bf16::kTileRows, ws.a);
+  void weight_grad(const float* h, int64_t rows, float* v, Workspace<float>& ws) const {
+    bf16::pack(h, in.batch, false, rows, in.batch, bf16::kTileRows, ws.a);
     bf16::gemm(bf16::Left::packed(ws.a), x_by_column, v, in.dim, false);
-    bf16::pack(h, in.batch, true, in.batch, count,
-               ceil_div(in.batch, bf16::kTileRows) * bf16::kTileRows, ws.a);
-    bf16::pack(w16() + first * in.dim, in.dim, true, in.dim, count, bf16::kPanelCols, ws.b);
-    bf16::gemm(bf16::Left::packed(ws.a), ws.b, u, in.dim, true);
+  }
+
+  void prepare(int64_t first, int64_t count, Chunk& chunk) const {
+    bf16::pack(w16() + first * in.dim, in.dim, true, in.dim, count, bf16::kPanelCols, chunk.w);
+  }
+
+  void feature_grad(const float* h, int64_t count, int64_t b0, int64_t b1, const float*,
+                    const Chunk& chunk, float* u, Workspace<float>& ws) const {
+    const int64_t rows = b1 - b0;
+    bf16::pack(h + b0, in.batch, true, rows, count, ceil_div(rows, bf16::kTileRows) *
+               bf16::kTileRows, ws.a);
+    bf16::gemm(bf16::Left::packed(ws.a), chunk.w, u + b0 * in.dim, in.dim, true);
   }
 
   const c10::BFloat16* w16() const { return in.weight.const_data_ptr<c10::BFloat16>(); }
@@ -248,6 +266,17 @@ void with_products(const Inputs& in, const F& f) {
   }
 }
 
+// Calls f(T{}) with the C++ type T of a floating dtype.
+template <typename F>
+void with_storage(at::ScalarType dtype, const F& f) {
+  switch (dtype) {
+    case at::kDouble: return f(double{});
+    case at::kBFloat16: return f(c10::BFloat16{});
+    case at::kHalf: return f(c10::Half{});
+    default: return f(float{});
+  }
+}
+
 // The weight norms, from the weight rows as stored.
 template <typename acc_t, typename K>
 void weight_norms_into(K kernels, const Inputs& in, acc_t* norms) {
@@ -278,7 +307,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chu
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const NoAutocast no_autocast;
   const Inputs in(features, weight, target, feature_norm, weight_norm);
-  const Plan plan(in.batch, in.classes, in.dim, chunk);
+  const Plan plan(in.batch, in.classes, chunk, kForwardSlices);
   const auto stats = in.x.options();
   const auto norms = [&](bool computed, int64_t count) {
     return computed ? at::empty({count}, stats) : at::ones({count}, stats);
@@ -320,7 +349,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chu
       for (int64_t c = plan.first_chunk(slice); c < plan.first_chunk(slice + 1); ++c) {
         const int64_t first = plan.begin(c), count = plan.count(c);
         ws.block.resize(count * in.batch);
-        products.dots(first, count, kReadsRows ? weight_rows(in, first, count, ws) : nullptr, ws);
+        products.dots(first, count, kReadsRows ? weight_rows(in, first, count, ws.rows) : nullptr,
+                      ws.block.data());
         for (int64_t b = 0; b < in.batch; ++b) {  // the target's logit, with the margin
           const int64_t j = labels[b] - first;
           if (j < 0 || j >= count) continue;
@@ -372,12 +402,13 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const NoAutocast no_autocast;
   const Inputs in(features, weight, target, feature_norm, weight_norm);
-  const Plan plan(in.batch, in.classes, in.dim, chunk);
+  const Plan plan(in.batch, in.classes, chunk, kBackwardSlices);
   at::Tensor d_weight = at::empty_like(in.weight);
   at::Tensor u_parts = at::zeros({plan.slices, in.batch, in.dim}, in.x.options());
   const int64_t* labels = in.labels.const_data_ptr<int64_t>();
   with_products(in, [&](auto acc_tag, const auto& products, auto kernels) {
     using acc_t = decltype(acc_tag);
+    using Products = std::decay_t<decltype(products)>;
     constexpr auto kAcc = c10::CppTypeToScalarType<acc_t>::value;
     const std::vector<acc_t> inv_x = inverses<acc_t>(feature_norms, feature_norm);
     const std::vector<acc_t> inv_w = inverses<acc_t>(weight_norms, weight_norm);
@@ -398,44 +429,48 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
     const bool in_place = in.weight.scalar_type() == kAcc;
     run_tasks(plan.slices, [&](int64_t slice) {
       Workspace<acc_t> ws;
+      typename Products::Chunk prepared;
       acc_t* u = data<acc_t>(u_parts) + slice * in.batch * in.dim;
       for (int64_t c = plan.first_chunk(slice); c < plan.first_chunk(slice + 1); ++c) {
         const int64_t first = plan.begin(c), count = plan.count(c);
         ws.block.resize(count * in.batch);
-        const acc_t* w = weight_rows(in, first, count, ws);
-        products.dots(first, count, w, ws);
-        kernels.grad_operand(ws.block.data(), count, in.batch, inv_x.data(), inv_w.data() + first,
-                             s, row_lse.const_data_ptr<acc_t>(), row_scale.data(), off_target);
+        acc_t* h = ws.block.data();
+        const acc_t* w =
+            Products::kReadsRows ? weight_rows(in, first, count, ws.rows) : nullptr;
+        products.dots(first, count, w, h);
+        kernels.grad_operand(h, count, in.batch, inv_x.data(), inv_w.data() + first, s,
+                             row_lse.const_data_ptr<acc_t>(), row_scale.data(), off_target);
         for (int64_t b = 0; b < in.batch; ++b) {
           const int64_t j = labels[b] - first;
-          if (j >= 0 && j < count) ws.block[j * in.batch + b] = 0;  // added below
+          if (j >= 0 && j < count) h[j * in.batch + b] = 0;  // added in the math dtype below
         }
         acc_t* v = in_place ? data<acc_t>(d_weight) + first * in.dim : nullptr;
         if (!in_place) {
           ws.v.resize(count * in.dim);
           v = ws.v.data();
         }
-        products.grads(first, count, w, ws, u, v);
-        for (int64_t b = 0; b < in.batch; ++b) {  // the target entries, in the math dtype
+        products.weight_grad(h, count, v, ws);
+        products.prepare(first, count, prepared);
+        products.feature_grad(h, count, 0, in.batch, w, prepared, u, ws);
+        for (int64_t b = 0; b < in.batch; ++b) {  // the target entries, batch rows in order
           const int64_t j = labels[b] - first;
           if (j < 0 || j >= count) continue;
-          const acc_t h = target_h[b];
           acc_t* u_row = u + b * in.dim;
           acc_t* v_row = v + j * in.dim;
-          const acc_t* w_row = w + j * in.dim;
+          const acc_t* w_row = w != nullptr ? w + j * in.dim
+                                            : weight_rows(in, labels[b], 1, ws.row);
           const acc_t* x_row = x + b * in.dim;
           for (int64_t d = 0; d < in.dim; ++d) {
-            u_row[d] += h * w_row[d];
-            v_row[d] += h * x_row[d];
+            u_row[d] += target_h[b] * w_row[d];
+            v_row[d] += target_h[b] * x_row[d];
           }
         }
-        if (weight_norm) {
-          kernels.tangent_rows(v, w, w_norms.const_data_ptr<acc_t>() + first, count, in.dim);
-        }
-        if (!in_place) {
-          const auto options = at::TensorOptions().dtype(kAcc);
-          d_weight.narrow(0, first, count).copy_(at::from_blob(v, {count, in.dim}, options));
-        }
+        with_storage(in.weight.scalar_type(), [&](auto storage_tag) {
+          using T = decltype(storage_tag);
+          kernels.finish_rows(v, in.weight.const_data_ptr<T>() + first * in.dim,
+                              w_norms.const_data_ptr<acc_t>() + first, count, in.dim,
+                              weight_norm, d_weight.mutable_data_ptr<T>() + first * in.dim);
+        });
       }
     });
     acc_t* u = data<acc_t>(u_parts);
@@ -451,8 +486,7 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
       kernels.tangent_rows(u, x, x_norms.const_data_ptr<acc_t>(), in.batch, in.dim);
     }
   });
-  at::Tensor d_features = u_parts[0].to(features.scalar_type());
-  return {d_features, d_weight};
+  return {u_parts[0].to(features.scalar_type()), d_weight};
 }
 
 }  // namespace
