@@ -76,14 +76,22 @@ inline void check_he_backward(const at::Tensor& grad_rows, const at::Tensor& fea
   check_shape(weight_norms, "weight_norms", {classes});
 }
 
+// heat_fast_C::he_ce_chunked_forward's inputs: those of he_ce_forward and classes per chunk
+// (0: the kernel's choice).
+inline void check_he_chunked_forward(const at::Tensor& features, const at::Tensor& weight,
+                                     const at::Tensor& target, int64_t chunk) {
+  check_he_forward(features, weight, target);
+  TORCH_CHECK_VALUE(chunk >= 0, "chunk must be >= 0 (0: automatic), got ", chunk);
+}
+
 // heat_fast_C::he_ce_chunked_backward's inputs: those of the forward, the per-row statistics it
 // returned and the incoming gradient of its loss rows.
 inline void check_he_chunked_backward(const at::Tensor& grad_rows, const at::Tensor& features,
                                       const at::Tensor& weight, const at::Tensor& target,
                                       const at::Tensor& lse, const at::Tensor& target_grad,
                                       const at::Tensor& feature_norms,
-                                      const at::Tensor& weight_norms) {
-  check_he_forward(features, weight, target);
+                                      const at::Tensor& weight_norms, int64_t chunk) {
+  check_he_chunked_forward(features, weight, target, chunk);
   const std::pair<const at::Tensor*, const char*> rows[] = {
       {&grad_rows, "grad_rows"}, {&lse, "lse"}, {&target_grad, "target_grad"},
       {&feature_norms, "feature_norms"}};

@@ -15,24 +15,7 @@ from conftest import require_backend
 from heat_fast.ops import dispatch, he_loss_chunked
 from heat_fast.ops.he_loss_chunked import chunk_for, he_ce_chunked_forward_op
 from numerics import UNIT_ROUNDOFF, assert_error_ratio
-
-
-def make_inputs(batch, classes, dim, dtype=torch.float32, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, dim, generator=gen, dtype=torch.float64).to(dtype)
-    w = torch.randn(classes, dim, generator=gen, dtype=torch.float64).to(dtype)
-    y = torch.randint(0, classes, (batch,), generator=gen)
-    return x, w, y
-
-
-def loss_and_grads(x, w, y, backend, **kwargs):
-    """The loss (float32 or float64) and the gradients of a weighted sum of it."""
-    x = x.detach().clone().requires_grad_(True)
-    w = w.detach().clone().requires_grad_(True)
-    loss = hf.he_cross_entropy(x, w, y, backend=backend, **kwargs)
-    weights = torch.linspace(0.5, 1.5, loss.numel(), dtype=loss.dtype).reshape(loss.shape)
-    gx, gw = torch.autograd.grad((loss * weights).sum(), (x, w))
-    return loss.detach(), gx, gw
+from test_he_loss import loss_and_grads, make_inputs
 
 
 def check_against_reference(x, w, y, backend, chunked, **kwargs):
@@ -41,7 +24,7 @@ def check_against_reference(x, w, y, backend, chunked, **kwargs):
     truth = loss_and_grads(x.double(), w.double(), y, "reference", **kwargs)
     ref = loss_and_grads(x, w, y, "reference", **kwargs)
     fast = loss_and_grads(x, w, y, backend, chunked=chunked, **kwargs)
-    assert fast[0].dtype == truth[0].dtype if x.dtype == torch.float64 else torch.float32
+    assert fast[0].dtype == (torch.float64 if x.dtype == torch.float64 else torch.float32)
     assert fast[1].dtype == x.dtype and fast[2].dtype == w.dtype
     for name, f, r, t in zip(("loss", "d_features", "d_weight"), fast, ref, truth):
         assert torch.isfinite(f).all(), name

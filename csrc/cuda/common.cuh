@@ -50,6 +50,12 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v)
   return __float2bfloat16_rn(v);
 }
 
+// 1 / max(norm, eps): the factor of F.normalize.
+template <typename acc_t>
+__device__ __forceinline__ acc_t inverse_norm(acc_t norm) {
+  return acc_t(1) / fmax(norm, acc_t(kNormEps));
+}
+
 struct SumOp {
   template <typename T>
   __device__ __forceinline__ T operator()(T a, T b) const {

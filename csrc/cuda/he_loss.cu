@@ -16,11 +16,6 @@
 namespace heat_fast::cuda {
 namespace {
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t inverse_norm(acc_t norm) {
-  return acc_t(1) / fmax(norm, acc_t(kNormEps));
-}
-
 // Blocks [0, x_rows) take the rows of x, the others the rows of w; a disabled side writes 1.
 template <typename in_t>
 __global__ void row_norms_kernel(const in_t* __restrict__ x, int64_t x_rows, bool x_enabled,

@@ -13,11 +13,6 @@
 namespace heat_fast::cuda {
 namespace {
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t inverse_norm(acc_t norm) {
-  return acc_t(1) / fmax(norm, acc_t(kNormEps));
-}
-
 // The logit z = s · (cos − m · 1[target]) of one dot, as the CPU kernels round it.
 template <typename acc_t>
 __device__ __forceinline__ acc_t logit(acc_t dot, acc_t inv_x, acc_t inv_w, acc_t s, acc_t m,

@@ -66,8 +66,7 @@ void* ptr(const at::Tensor& t) { return t.defined() ? t.data_ptr() : nullptr; }
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chunked_forward(
     const at::Tensor& features, const at::Tensor& weight, const at::Tensor& target, double scale,
     double margin, double label_smoothing, bool feature_norm, bool weight_norm, int64_t chunk) {
-  check_he_forward(features, weight, target);
-  TORCH_CHECK_VALUE(chunk >= 0, "chunk must be >= 0 (0: automatic), got ", chunk);
+  check_he_chunked_forward(features, weight, target, chunk);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(features.device());
@@ -118,8 +117,7 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
     const at::Tensor& feature_norms, const at::Tensor& weight_norms, double scale,
     double label_smoothing, bool feature_norm, bool weight_norm, int64_t chunk) {
   check_he_chunked_backward(grad_rows, features, weight, target, lse, target_grad, feature_norms,
-                            weight_norms);
-  TORCH_CHECK_VALUE(chunk >= 0, "chunk must be >= 0 (0: automatic), got ", chunk);
+                            weight_norms, chunk);
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const NoAutocast no_autocast;
   const c10::cuda::CUDAGuard guard(features.device());

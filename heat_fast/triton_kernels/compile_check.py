@@ -255,6 +255,8 @@ def _he_case(name: str, batch: int, dim: int, classes: int, x_dtype: torch.dtype
 
 def _he_chunked_case(name: str, batch: int, dim: int, classes: int, dtype: torch.dtype,
                      min_programs: int = 0) -> Case:
+    chunk = -(-classes // 2)  # two backward chunks: every launch, half the inspections
+
     def run() -> None:
         from heat_fast.triton_kernels import he_loss_chunked
 
@@ -262,9 +264,9 @@ def _he_chunked_case(name: str, batch: int, dim: int, classes: int, dtype: torch
         w = torch.empty(classes, dim, dtype=dtype)
         y = torch.zeros(batch, dtype=torch.int64)
         _, lse, target_grad, fn, wn = he_loss_chunked.he_ce_chunked_forward(
-            x, w, y, 15.0, 0.2, 0.0, True, True, 0)
+            x, w, y, 15.0, 0.2, 0.0, True, True, chunk)
         he_loss_chunked.he_ce_chunked_backward(torch.empty_like(fn), x, w, y, lse, target_grad,
-                                               fn, wn, 15.0, 0.0, True, True, 0)
+                                               fn, wn, 15.0, 0.0, True, True, chunk)
 
     sixteen = dtype in (torch.float16, torch.bfloat16)
     return Case(name, run, tensor_cores=sixteen, min_programs=min_programs)

@@ -46,8 +46,8 @@ from heat_fast.triton_kernels.he_loss import (
 )
 
 # The backward's (B, chunk) block and the chunk's (chunk, D) weight gradient hold about this
-# many values each (256 MiB of float32 together at most).
-CHUNK_VALUES = 1 << 25
+# many values each (32 MiB of float32 each).
+CHUNK_VALUES = 1 << 23
 NORM_ROWS = 16  # rows per program of the norms kernel
 LOWEST = tl.constexpr(-3.4028234663852886e38)  # the running max before any logit
 
