@@ -1,6 +1,7 @@
 // The loss of one row of the HE cross-entropy and its target's dloss/dcos, from the statistics
-// of its margin logits z_j = s (cos_j − m 1[j = y]): shared by the CPU row loops
-// (cpu/he_loss_kernels.inc) and the chunked CUDA kernels (cuda/he_loss_chunked.cu).
+// of its margin logits z_j = s (cos_j − m 1[j = y]): shared by the chunked CPU and CUDA kernels
+// (cpu/he_loss_chunked.cpp, cuda/he_loss_chunked.cu); the same math as the unchunked row loops
+// (cpu/he_loss_kernels.inc ce_rows, cuda/he_loss.cu ce_rows_kernel).
 //   z_max = max_j z_j, z_y the target's, rest = Σ_{j≠y} e^{z_j − z_max}, z_sum = Σ_j z_j (read
 //   only with label smoothing ε);
 //   loss = (1 − ε)(lse − z_y) + ε (lse − z_sum / C),  lse = z_max + log(e^{z_y − z_max} + rest),

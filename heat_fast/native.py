@@ -6,9 +6,8 @@ to load (for example one built for another torch) warns once and leaves the back
 unavailable, so ``backend="auto"`` falls back to the others. ``HEAT_FAST_DISABLE_NATIVE=1``
 makes the backend unavailable at run time.
 
-Kernel functions (contracts in heat_fast.ops.he_loss, heat_fast.ops.he_loss_chunked and
-heat_fast.ops.pgd): ``he_ce_forward``, ``he_ce_backward``, ``he_ce_chunked_forward``,
-``he_ce_chunked_backward``, ``pgd_step_`` and ``random_init_``; they call the
+Kernel functions (contracts in heat_fast.ops.he_loss and heat_fast.ops.pgd):
+``he_ce_forward``, ``he_ce_backward``, ``pgd_step_`` and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
 ``he_cross_entropy`` is the whole differentiable loss, reduced inside the op
 ``heat_fast_C::he_cross_entropy``, whose autograd is C++ (no Python autograd wrapper).
@@ -99,11 +98,6 @@ def _register_fakes() -> None:
         shape = (features.shape[0],) if reduction == REDUCTIONS["none"] else ()
         return features.new_empty(shape, dtype=stat_dtype(features))
 
-    @torch.library.register_fake("heat_fast_C::he_ce_backward")
-    def _(grad_rows, features, weight, grad_cos, feature_norms, weight_norms, feature_norm,
-          weight_norm):
-        return torch.empty_like(features), torch.empty_like(weight)
-
     @torch.library.register_fake("heat_fast_C::he_ce_chunked_forward")
     def _(features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm,
           chunk):
@@ -115,6 +109,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("heat_fast_C::he_ce_chunked_backward")
     def _(grad_rows, features, weight, target, lse, target_grad, feature_norms, weight_norms,
           scale, label_smoothing, feature_norm, weight_norm, chunk):
+        return torch.empty_like(features), torch.empty_like(weight)
+
+    @torch.library.register_fake("heat_fast_C::he_ce_backward")
+    def _(grad_rows, features, weight, grad_cos, feature_norms, weight_norms, feature_norm,
+          weight_norm):
         return torch.empty_like(features), torch.empty_like(weight)
 
     @torch.library.register_fake("heat_fast_C::pgd_step_")
@@ -188,24 +187,6 @@ def he_ce_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float
                                         label_smoothing, feature_norm, weight_norm)
 
 
-def he_cross_entropy(features: Tensor, weight: Tensor, target: Tensor, scale: float,
-                     margin: float, label_smoothing: float, feature_norm: bool,
-                     weight_norm: bool, reduction: str) -> Tensor:
-    """The HE loss reduced by ``reduction`` ("none", "mean", "sum"), differentiable w.r.t.
-    features and weight through the op's C++ autograd; float32 (float64 for float64 inputs)."""
-    return _ops().he_cross_entropy.default(features, weight, target, scale, margin,
-                                           label_smoothing, feature_norm, weight_norm,
-                                           REDUCTIONS[reduction])
-
-
-def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos: Tensor,
-                   feature_norms: Tensor, weight_norms: Tensor, feature_norm: bool,
-                   weight_norm: bool) -> Tuple[Tensor, Tensor]:
-    """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss."""
-    return _ops().he_ce_backward.default(grad_rows, features, weight, grad_cos, feature_norms,
-                                         weight_norms, feature_norm, weight_norm)
-
-
 def he_ce_chunked_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float,
                           margin: float, label_smoothing: float, feature_norm: bool,
                           weight_norm: bool, chunk: int) -> Tuple[Tensor, ...]:
@@ -224,6 +205,24 @@ def he_ce_chunked_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, 
     return _ops().he_ce_chunked_backward.default(grad_rows, features, weight, target, lse,
                                                  target_grad, feature_norms, weight_norms, scale,
                                                  label_smoothing, feature_norm, weight_norm, chunk)
+
+
+def he_cross_entropy(features: Tensor, weight: Tensor, target: Tensor, scale: float,
+                     margin: float, label_smoothing: float, feature_norm: bool,
+                     weight_norm: bool, reduction: str) -> Tensor:
+    """The HE loss reduced by ``reduction`` ("none", "mean", "sum"), differentiable w.r.t.
+    features and weight through the op's C++ autograd; float32 (float64 for float64 inputs)."""
+    return _ops().he_cross_entropy.default(features, weight, target, scale, margin,
+                                           label_smoothing, feature_norm, weight_norm,
+                                           REDUCTIONS[reduction])
+
+
+def he_ce_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, grad_cos: Tensor,
+                   feature_norms: Tensor, weight_norms: Tensor, feature_norm: bool,
+                   weight_norm: bool) -> Tuple[Tensor, Tensor]:
+    """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss."""
+    return _ops().he_ce_backward.default(grad_rows, features, weight, grad_cos, feature_norms,
+                                         weight_norms, feature_norm, weight_norm)
 
 
 def pgd_step_(out: Tensor, x_adv: Tensor, grad: Tensor, x_nat: Tensor, eps: Tensor,

@@ -28,7 +28,6 @@
 
 #include "../checks.h"
 #include "../no_autocast.h"
-#include "../row_loss.h"
 #include "blas.h"
 #include "he_loss.h"
 #include "isa.h"

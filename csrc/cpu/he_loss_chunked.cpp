@@ -42,7 +42,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../checks.h"
+#include "../chunked_checks.h"
 #include "../no_autocast.h"
 #include "../row_loss.h"
 #include "bf16_gemm.h"
@@ -321,7 +321,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_chu
     using acc_t = decltype(acc_tag);
     constexpr bool kReadsRows = std::decay_t<decltype(products)>::kReadsRows;
     for (int64_t b = 0; b < in.batch; ++b) {
-      baseline::check_label(labels[b], in.classes);
+      check_he_label(labels[b], in.classes);
     }
     if (feature_norm) {
       kernels.row_norms(in.x.const_data_ptr<acc_t>(), in.batch, in.dim, data<acc_t>(feature_norms));

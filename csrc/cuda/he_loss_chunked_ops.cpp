@@ -23,7 +23,7 @@
 #include <limits>
 #include <tuple>
 
-#include "../checks.h"
+#include "../chunked_checks.h"
 #include "../no_autocast.h"
 #include "launch_chunked.h"
 #include "tensors.h"

@@ -33,7 +33,9 @@ from torch import Tensor
 
 from heat_fast import _checks, native, reference
 from heat_fast.ops.dispatch import kernels, resolve_backend
-from heat_fast.ops.he_loss_chunked import Chunked, chunk_for, he_ce_chunked_forward_op
+from heat_fast.ops.he_loss_chunked import (
+    Chunked, check_chunked, chunk_for, he_ce_chunked_forward_op,
+)
 
 
 def _stat_dtype(t: Tensor) -> torch.dtype:
@@ -154,22 +156,23 @@ def he_cross_entropy(
     _checks.check_float("features", features)
     device = features.device
     name = resolve_backend(backend, device, features.dtype)
+    check_chunked(chunked)
+    if name == "reference" and chunked not in (None, False):
+        raise ValueError(f"chunked={chunked!r} needs the triton or native backend: the "
+                         "reference backend is the unchunked specification")
     # Labels are range-checked on the host for CPU tensors (the native CPU kernel does it
     # itself, with the same ValueError) and inside the kernels on the GPU (a device assert,
     # as torch's own cross-entropy does): no extra launches, no host synchronisation.
     target = _checks.check_he_inputs(
         features, weight, target, check_labels=device.type == "cpu" and name != "native")
-    chunk = chunk_for(features.shape[0], weight.shape[0], chunked)
     if name == "reference":
-        if chunked not in (None, False):
-            raise ValueError(f"chunked={chunked!r} needs the triton or native backend: the "
-                             "reference backend is the unchunked specification")
         return reference.he_cross_entropy(
             features, weight, target, scale, margin, reduction, label_smoothing,
             feature_norm, weight_norm,
         )
     args = (features.contiguous(), weight.contiguous(), target.contiguous(), float(scale),
             float(margin), float(label_smoothing), bool(feature_norm), bool(weight_norm))
+    chunk = chunk_for(features.shape[0], weight.shape[0], chunked)
     if chunk is not None:
         loss_rows = he_ce_chunked_forward_op(*args, chunk, name)[0]
     elif name == "native":

@@ -14,10 +14,11 @@ else:
     _IMPORT_ERROR = None
     from heat_fast.triton_kernels.common import interpreting
     from heat_fast.triton_kernels.he_loss import he_ce_backward, he_ce_forward
-    from heat_fast.triton_kernels.he_loss_chunked import (
+    from heat_fast.triton_kernels.pgd import pgd_step_, random_init_
+
+    from heat_fast.triton_kernels.he_loss_chunked import (  # noqa: I001 (own line: merges)
         he_ce_chunked_backward, he_ce_chunked_forward,
     )
-    from heat_fast.triton_kernels.pgd import pgd_step_, random_init_
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -38,6 +39,5 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
     return f"no Triton support for {device.type} tensors"
 
 
-__all__ = ["he_ce_backward", "he_ce_chunked_backward", "he_ce_chunked_forward", "he_ce_forward",
-           "interpreting", "pgd_step_", "random_init_",
+__all__ = ["he_ce_backward", "he_ce_forward", "interpreting", "pgd_step_", "random_init_",
            "unavailable_reason"]
