@@ -79,7 +79,7 @@ namespace {
 constexpr int64_t kChunkValues = int64_t(1) << 18;
 constexpr int64_t kChunkStep = 96;  // whole tiles of the bf16 products (12 rows, 32 columns)
 constexpr int64_t kMinChunk = kChunkStep;
-constexpr int64_t kMaxChunk = 43 * kChunkStep;
+constexpr int64_t kMaxChunk = 42 * kChunkStep;  // about 4096
 // Slices: the forward keeps per-row statistics per slice, the backward a B × D share of u.
 constexpr int64_t kForwardSlices = 32;
 constexpr int64_t kBackwardSlices = 8;
@@ -143,7 +143,7 @@ std::vector<acc_t> inverses(const at::Tensor& norms, bool enabled) {
 template <typename acc_t>
 struct Workspace {
   std::vector<acc_t> block, rows, row, v;
-  bf16::Packed a;
+  bf16::Packed a, b;
 };
 
 // Rows [first, first + count) of the weight in acc_t: in place, or converted into `rows`.
@@ -167,13 +167,11 @@ void add_product(RowMajor<acc_t> a, RowMajor<acc_t> b, acc_t* out, int64_t ldo, 
   at::addmm_out(result, result, as_tensor(a, rows, inner), as_tensor(b, inner, cols));
 }
 
-// The products of a chunk in the math dtype on torch's BLAS. `w` points at weight rows in the
-// math dtype (weight_rows): those of the classes at hand for dots, the chunk's for
-// feature_grad.
+// The products of a chunk in the math dtype on torch's BLAS. `w` points at the chunk's weight
+// rows in the math dtype (weight_rows).
 template <typename acc_t>
 struct BlasProducts {
   static constexpr bool kReadsRows = true;
-  struct Chunk {};  // nothing to prepare per chunk
 
   // out (rows × B) = W[first : first + rows] Xᵀ.
   void dots(int64_t, int64_t rows, const acc_t* w, acc_t* out) const {
@@ -185,13 +183,10 @@ struct BlasProducts {
     matmul<acc_t>({h, in.batch}, {x(), in.dim}, v, in.dim, rows, in.dim, in.batch);
   }
 
-  void prepare(int64_t, int64_t, Chunk&) const {}
-
-  // u[b0 : b1] += H[:, b0 : b1]ᵀ W_c for the chunk's operand H (count × B).
-  void feature_grad(const acc_t* h, int64_t count, int64_t b0, int64_t b1, const acc_t* w,
-                    const Chunk&, acc_t* u, Workspace<acc_t>&) const {
-    add_product<acc_t>({h + b0, in.batch, true}, {w, in.dim}, u + b0 * in.dim, in.dim, b1 - b0,
-                       in.dim, count);
+  // u (B × D) += Hᵀ W_c for the chunk's operand H (count × B).
+  void feature_grad(int64_t, int64_t count, const acc_t* h, const acc_t* w, acc_t* u,
+                    Workspace<acc_t>&) const {
+    add_product<acc_t>({h, in.batch, true}, {w, in.dim}, u, in.dim, in.batch, in.dim, count);
   }
 
   const acc_t* x() const { return in.x.const_data_ptr<acc_t>(); }
@@ -203,9 +198,6 @@ struct BlasProducts {
 // weight rows as stored.
 struct Bf16Products {
   static constexpr bool kReadsRows = false;
-  struct Chunk {
-    bf16::Packed w;  // the chunk's weight rows as the right operand of Hᵀ W_c
-  };
 
   explicit Bf16Products(const Inputs& in) : in(in) {
     const auto* x16 = in_x16();
@@ -223,16 +215,12 @@ struct Bf16Products {
     bf16::gemm(bf16::Left::packed(ws.a), x_by_column, v, in.dim, false);
   }
 
-  void prepare(int64_t first, int64_t count, Chunk& chunk) const {
-    bf16::pack(w16() + first * in.dim, in.dim, true, in.dim, count, bf16::kPanelCols, chunk.w);
-  }
-
-  void feature_grad(const float* h, int64_t count, int64_t b0, int64_t b1, const float*,
-                    const Chunk& chunk, float* u, Workspace<float>& ws) const {
-    const int64_t rows = b1 - b0;
-    bf16::pack(h + b0, in.batch, true, rows, count, ceil_div(rows, bf16::kTileRows) *
-               bf16::kTileRows, ws.a);
-    bf16::gemm(bf16::Left::packed(ws.a), chunk.w, u + b0 * in.dim, in.dim, true);
+  void feature_grad(int64_t first, int64_t count, const float* h, const float*, float* u,
+                    Workspace<float>& ws) const {
+    bf16::pack(h, in.batch, true, in.batch, count,
+               ceil_div(in.batch, bf16::kTileRows) * bf16::kTileRows, ws.a);
+    bf16::pack(w16() + first * in.dim, in.dim, true, in.dim, count, bf16::kPanelCols, ws.b);
+    bf16::gemm(bf16::Left::packed(ws.a), ws.b, u, in.dim, true);
   }
 
   const c10::BFloat16* w16() const { return in.weight.const_data_ptr<c10::BFloat16>(); }
@@ -427,7 +415,6 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
     const bool in_place = in.weight.scalar_type() == kAcc;
     run_tasks(plan.slices, [&](int64_t slice) {
       Workspace<acc_t> ws;
-      typename Products::Chunk prepared;
       acc_t* u = data<acc_t>(u_parts) + slice * in.batch * in.dim;
       for (int64_t c = plan.first_chunk(slice); c < plan.first_chunk(slice + 1); ++c) {
         const int64_t first = plan.begin(c), count = plan.count(c);
@@ -448,8 +435,7 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
           v = ws.v.data();
         }
         products.weight_grad(h, count, v, ws);
-        products.prepare(first, count, prepared);
-        products.feature_grad(h, count, 0, in.batch, w, prepared, u, ws);
+        products.feature_grad(first, count, h, w, u, ws);
         for (int64_t b = 0; b < in.batch; ++b) {  // the target entries, batch rows in order
           const int64_t j = labels[b] - first;
           if (j < 0 || j >= count) continue;
