@@ -80,9 +80,14 @@ constexpr int64_t kChunkValues = int64_t(1) << 18;
 constexpr int64_t kChunkStep = 96;  // whole tiles of the bf16 products (12 rows, 32 columns)
 constexpr int64_t kMinChunk = kChunkStep;
 constexpr int64_t kMaxChunk = 42 * kChunkStep;  // about 4096
-// Slices: the forward keeps per-row statistics per slice, the backward a B × D share of u.
+// Slices: the forward keeps per-row statistics per slice (32 slices), the backward a B × D share
+// of u per slice: 8, or up to 16 while the shares stay within 1/16 of a B × C float32 buffer
+// (C ≥ 16 · 16 · D), for a finer balance between threads.
 constexpr int64_t kForwardSlices = 32;
-constexpr int64_t kBackwardSlices = 8;
+
+int64_t backward_slices(int64_t classes, int64_t dim) {
+  return std::clamp<int64_t>(classes / (16 * dim), 8, 16);
+}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -388,7 +393,7 @@ std::tuple<at::Tensor, at::Tensor> he_ce_chunked_backward(
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const NoAutocast no_autocast;
   const Inputs in(features, weight, target, feature_norm, weight_norm);
-  const Plan plan(in.batch, in.classes, chunk, kBackwardSlices);
+  const Plan plan(in.batch, in.classes, chunk, backward_slices(in.classes, in.dim));
   at::Tensor d_weight = at::empty_like(in.weight);
   at::Tensor u_parts = at::zeros({plan.slices, in.batch, in.dim}, in.x.options());
   const int64_t* labels = in.labels.const_data_ptr<int64_t>();
