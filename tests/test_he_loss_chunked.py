@@ -221,6 +221,19 @@ def test_torch_compile_fullgraph(fast_backend):
     torch.testing.assert_close(compiled(x), step(x), rtol=1e-5, atol=1e-6)
 
 
+def test_ops_check_their_arguments(fast_backend):
+    x, w, y = make_inputs(4, 50, 6, seed=15)
+    args = (15.0, 0.2, 0.0, True, True)
+    with pytest.raises(ValueError, match="weight must have D = 6"):
+        he_ce_chunked_forward_op(x, w[:, :5], y, *args, 0, fast_backend)
+    with pytest.raises(ValueError, match="chunk must be >= 0"):
+        he_ce_chunked_forward_op(x, w, y, *args, -1, fast_backend)
+    _, lse, target_grad, fn, wn = he_ce_chunked_forward_op(x, w, y, *args, 0, fast_backend)
+    with pytest.raises(ValueError, match=r"weight_norms must have shape \(50,\)"):
+        he_loss_chunked.he_ce_chunked_backward_op(torch.ones(4), x, w, y, lse, target_grad, fn,
+                                                  wn[:3], 15.0, 0.0, True, True, 0, fast_backend)
+
+
 def test_bad_labels_raise(fast_backend):
     x, w, y = make_inputs(4, 50, 6, seed=13)
     with pytest.raises(ValueError, match=r"target holds label \d+, expected labels in \[0, 50\)"):

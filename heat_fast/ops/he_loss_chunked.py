@@ -43,6 +43,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from heat_fast import _checks
 from heat_fast.ops.dispatch import kernels
 
 CHUNKED_MIN_CLASSES = 32768
@@ -71,6 +72,17 @@ def chunk_for(batch: int, classes: int, chunked: Chunked) -> Optional[int]:
     return 0 if chunked is True else int(chunked)
 
 
+def _check_op_inputs(features: Tensor, weight: Tensor, target: Tensor, chunk: int,
+                     backend: str) -> None:
+    """The ops' own argument checks (they are public through torch.ops): shapes, dtypes and
+    devices, labels on the host for CPU tensors (the native CPU kernels check them themselves,
+    the GPU kernels assert on the device), chunk >= 0."""
+    _checks.check_he_inputs(features, weight, target,
+                            check_labels=features.device.type == "cpu" and backend != "native")
+    if chunk < 0:
+        raise ValueError(f"chunk must be >= 0 (0: the backend's choice), got {chunk}")
+
+
 def _stat_dtype(t: Tensor) -> torch.dtype:
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
@@ -81,6 +93,8 @@ def he_ce_chunked_forward_op(
     label_smoothing: float, feature_norm: bool, weight_norm: bool, chunk: int, backend: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Chunked HE cross-entropy forward of ``backend`` (see the module docstring)."""
+    _check_op_inputs(features, weight, target, chunk, backend)
+    _checks.check_scale_margin(scale, margin, label_smoothing)
     return kernels(backend).he_ce_chunked_forward(
         features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm,
         chunk,
@@ -103,6 +117,16 @@ def he_ce_chunked_backward_op(
     label_smoothing: float, feature_norm: bool, weight_norm: bool, chunk: int, backend: str,
 ) -> Tuple[Tensor, Tensor]:
     """Chunked HE cross-entropy backward of ``backend`` (see the module docstring)."""
+    _check_op_inputs(features, weight, target, chunk, backend)
+    batch, classes = features.shape[0], weight.shape[0]
+    for name, t, size in (("grad_rows", grad_rows, batch), ("lse", lse, batch),
+                          ("target_grad", target_grad, batch),
+                          ("feature_norms", feature_norms, batch),
+                          ("weight_norms", weight_norms, classes)):
+        _checks.check_float(name, t)
+        if tuple(t.shape) != (size,) or t.device != features.device:
+            raise ValueError(f"{name} must have shape ({size},) on {features.device}, got "
+                             f"{tuple(t.shape)} on {t.device}")
     return kernels(backend).he_ce_chunked_backward(
         grad_rows, features, weight, target, lse, target_grad, feature_norms, weight_norms,
         scale, label_smoothing, feature_norm, weight_norm, chunk,
