@@ -112,6 +112,22 @@ void with_type(DType dtype, const F& f) {
   }
 }
 
+// Blocks of `threads` for a grid-stride loop over `total` elements (at most 2^20).
+inline unsigned grid_for(int64_t total, int threads) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
+}
+
+// Calls f(acc_t{}) with acc_t float or double for dtype kFloat32 or kFloat64.
+template <typename F>
+void with_acc(DType dtype, const F& f) {
+  if (dtype == DType::kFloat64) {
+    f(double{});
+  } else {
+    f(float{});
+  }
+}
+
 // Threads per block for a row of n elements (about 4 per thread): a power of two in [32, 1024].
 inline int threads_for(int64_t n) {
   int threads = 32;

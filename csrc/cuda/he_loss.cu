@@ -226,21 +226,6 @@ __global__ void finalize_grads_kernel(const GradSide features, const GradSide we
   }
 }
 
-unsigned grid_for(int64_t total, int threads) {
-  const int64_t blocks = (total + threads - 1) / threads;
-  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
-}
-
-// Calls f(acc_t{}) with acc_t float or double for dtype kFloat32 or kFloat64.
-template <typename F>
-void with_acc(DType dtype, const F& f) {
-  if (dtype == DType::kFloat64) {
-    f(double{});
-  } else {
-    f(float{});
-  }
-}
-
 }  // namespace
 
 double split_lo_scale(DType operand) {

@@ -147,21 +147,6 @@ __global__ void chunk_target_terms_kernel(TargetTerms a) {
   }
 }
 
-unsigned blocks_for(int64_t total, int threads) {
-  const int64_t blocks = (total + threads - 1) / threads;
-  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
-}
-
-// Calls f(acc_t{}) with acc_t float or double for dtype kFloat32 or kFloat64.
-template <typename F>
-void with_acc(DType dtype, const F& f) {
-  if (dtype == DType::kFloat64) {
-    f(double{});
-  } else {
-    f(float{});
-  }
-}
-
 // Calls f(acc_t{}, op_t{}) for the math dtype and the products' operand dtype: the math dtype
 // itself, or bf16 (with float32 math).
 template <typename F>
@@ -198,7 +183,7 @@ cudaError_t chunk_loss(const RowStats& stats, const int64_t* target, int64_t bat
   constexpr int kThreads = 128;
   with_acc(acc, [&](auto tag) {
     using acc_t = decltype(tag);
-    chunk_loss_kernel<acc_t><<<blocks_for(batch, kThreads), kThreads, 0, stream>>>(
+    chunk_loss_kernel<acc_t><<<grid_for(batch, kThreads), kThreads, 0, stream>>>(
         static_cast<const acc_t*>(stats.z_max), static_cast<const acc_t*>(stats.rest),
         static_cast<const acc_t*>(stats.z_sum), static_cast<const acc_t*>(stats.z_y), target,
         batch, classes, options, static_cast<acc_t*>(loss), static_cast<acc_t*>(lse),
@@ -213,7 +198,7 @@ cudaError_t chunk_grad_operand(const GradOperand& a, cudaStream_t stream) {
   with_operand(a.acc, a.operand, [&](auto acc_tag, auto op_tag) {
     using acc_t = decltype(acc_tag);
     using op_t = decltype(op_tag);
-    chunk_grad_operand_kernel<acc_t, op_t><<<blocks_for(total, kThreads), kThreads, 0, stream>>>(
+    chunk_grad_operand_kernel<acc_t, op_t><<<grid_for(total, kThreads), kThreads, 0, stream>>>(
         static_cast<const acc_t*>(a.dots), a.count, a.first, total, a.target,
         static_cast<const acc_t*>(a.grad_rows), static_cast<const acc_t*>(a.lse),
         static_cast<const acc_t*>(a.feature_norms), static_cast<const acc_t*>(a.weight_norms),
