@@ -17,6 +17,16 @@
 
 TORCH_LIBRARY(heat_fast_C, m) {
   m.def(
+      "he_ce_chunked_forward(Tensor features, Tensor weight, Tensor target, float scale, "
+      "float margin, float label_smoothing, bool feature_norm, bool weight_norm, int chunk) "
+      "-> (Tensor loss_rows, Tensor lse, Tensor target_grad, Tensor feature_norms, "
+      "Tensor weight_norms)");
+  m.def(
+      "he_ce_chunked_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor target, "
+      "Tensor lse, Tensor target_grad, Tensor feature_norms, Tensor weight_norms, float scale, "
+      "float label_smoothing, bool feature_norm, bool weight_norm, int chunk) "
+      "-> (Tensor d_features, Tensor d_weight)");
+  m.def(
       "he_ce_forward(Tensor features, Tensor weight, Tensor target, float scale, float margin, "
       "float label_smoothing, bool feature_norm, bool weight_norm) "
       "-> (Tensor loss_rows, Tensor grad_cos, Tensor feature_norms, Tensor weight_norms)");

@@ -7,7 +7,9 @@ Cases (each implementation of a case runs on the same inputs):
 - he_cross_entropy forward + backward at the CIFAR head (B128 D640 C10) and the ImageNet head
   (B256 D2048 C1000), float32 and bfloat16: eager reference, torch.compile(reference), Triton,
   native (targets: >= 3x eager, >= 1.5x compiled);
-- he_cross_entropy at C = 131072 (B256 D512, bfloat16) against the time of its three GEMMs;
+- he_cross_entropy at C = 131072 (B256 D512, bfloat16; the chunked path) against the time of
+  its three GEMMs (target: within 2x, no B×C buffer), the unchunked path and
+  torch.nn.functional.linear_cross_entropy (m = 0), with peak memory beyond the inputs;
 - pgd_step L-inf at 128x3x32x32 and 256x3x224x224 against a device copy of the same bytes
   (target: >= 80% of the copy's bandwidth, counting 3 reads + 1 write);
 - one PGD-10 AT step with HE of PreActResNet-18 and WRN-34-10 at batch 128: the fp32 eager
@@ -107,24 +109,53 @@ def bench_he_loss(clock: Clock, device, shapes, dtypes, backends) -> List[Dict]:
     return rows
 
 
+def large_class_step(x, w, y, impl: str) -> Callable[[], object]:
+    """fwd+bwd of one large-class implementation: "<backend> chunked" or "<backend> unchunked"
+    (he_cross_entropy's two paths; at C >= 32768 it picks the chunked one by itself),
+    "reference", or the plain m = 0 baseline torch.nn.functional.linear_cross_entropy."""
+    if impl == "linear_cross_entropy (m = 0)":
+        import torch.nn.functional as F
+
+        return lambda: torch.autograd.grad(F.linear_cross_entropy(x, w, y), (x, w))
+    backend, _, variant = impl.partition(" ")
+    chunked = {"chunked": True, "unchunked": False}.get(variant)
+    return lambda: torch.autograd.grad(
+        hf.he_cross_entropy(x, w, y, 15.0, 0.2, backend=backend, chunked=chunked), (x, w))
+
+
 def bench_large_classes(clock: Clock, device, shape, backends) -> List[Dict]:
+    """The large-class loss (chunked on every fast backend) against the time of its three
+    bf16 GEMMs, the unchunked path and linear_cross_entropy, with each one's peak memory beyond
+    the inputs and their gradients (CUDA)."""
     batch, dim, classes = shape
     x, w, y = he_inputs(batch, dim, classes, torch.bfloat16, device)
     g = torch.randn(batch, classes, device=device, dtype=torch.bfloat16)
     xd, wd = x.detach(), w.detach()
     floor = clock(lambda: (xd @ wd.t(), g @ wd, g.t() @ xd))
+    del g
+    label = f"B{batch} D{dim} C{classes}"
     rows = [dict(case="he_cross_entropy large C", impl="three bf16 GEMMs (floor)",
-                 dtype="bfloat16", shape=f"B{batch} D{dim} C{classes}", ms=floor,
-                 vs_floor=1.0)]
-    for impl in ("reference",) + backends:
+                 dtype="bfloat16", shape=label, ms=floor, vs_floor=1.0)]
+    impls = ["reference"] + [f"{name} {path}" for name in backends
+                             for path in ("chunked", "unchunked")]
+    if hasattr(torch.nn.functional, "linear_cross_entropy"):
+        impls.append("linear_cross_entropy (m = 0)")
+    grads = 2 * (x.numel() + w.numel())
+    for impl in impls:
+        step = large_class_step(x, w, y, impl)
         if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
+            torch.cuda.synchronize(device)
             base = torch.cuda.memory_allocated(device)
-        ms = clock(he_loss_fn(x, w, y, impl, False))
-        row = dict(case="he_cross_entropy large C", impl=impl, dtype="bfloat16",
-                   shape=f"B{batch} D{dim} C{classes}", ms=ms, vs_floor=floor / ms)
+            torch.cuda.reset_peak_memory_stats(device)
+            step()
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - base - grads
+        ms = clock(step)
+        row = dict(case="he_cross_entropy large C", impl=impl, dtype="bfloat16", shape=label,
+                   ms=ms, vs_floor=floor / ms)
         if device.type == "cuda":
-            row["peak_mib_beyond_inputs"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+            row["peak_mib_beyond_inputs"] = peak / 2**20
+            row["of_bc_float32_buffer"] = peak / (batch * classes * 4)
         rows.append(row)
     return rows
 
@@ -210,7 +241,8 @@ def markdown(env: Dict, rows: List[Dict], problems: List[str]) -> str:
              "| case | implementation | dtype | shape | ms | ratio |", "|---|---|---|---|---:|---|"]
     for r in rows:
         ratio = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r.items()
-                          if k in ("vs_eager", "vs_compiled", "vs_floor", "of_copy_bandwidth"))
+                          if k in ("vs_eager", "vs_compiled", "vs_floor", "of_copy_bandwidth",
+                                   "of_bc_float32_buffer"))
         extra = "".join(f", {k.replace('_', ' ')} {v:.0f}" for k, v in r.items()
                         if k in ("gb_per_s", "images_per_s", "peak_mib_beyond_inputs"))
         lines.append(f"| {r['case']} | {r['impl']} | {r['dtype']} | {r['shape']} "

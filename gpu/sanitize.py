@@ -1,4 +1,5 @@
-"""Every native CUDA op on small odd shapes and every dtype, for compute-sanitizer memcheck.
+"""Every native CUDA op on small odd shapes and every dtype (the HE loss unchunked and chunked,
+in one chunk and in chunks of 16 classes), for compute-sanitizer memcheck.
 
     compute-sanitizer --tool memcheck --error-exitcode 1 python gpu/sanitize.py
 """
@@ -14,9 +15,10 @@ def main() -> None:
             x = torch.randn(batch, dim, device="cuda", generator=gen).to(dtype).requires_grad_()
             w = torch.randn(classes, dim, device="cuda", generator=gen).to(dtype).requires_grad_()
             y = torch.randint(0, classes, (batch,), device="cuda", generator=gen)
-            for reduction in ("mean", "none"):
+            for reduction, chunked in (("mean", False), ("none", False), ("mean", 16),
+                                       ("none", True)):
                 loss = hf.he_cross_entropy(x, w, y, reduction=reduction, label_smoothing=0.1,
-                                           backend="native")
+                                           backend="native", chunked=chunked)
                 torch.autograd.grad(loss.sum(), (x, w))
         for shape in ((1, 1), (3, 5, 7), (2, 3, 67, 67)):
             x_nat = torch.rand(shape, device="cuda", generator=gen).to(dtype)

@@ -104,6 +104,19 @@ def _register_fakes() -> None:
         shape = (features.shape[0],) if reduction == REDUCTIONS["none"] else ()
         return features.new_empty(shape, dtype=stat_dtype(features))
 
+    @torch.library.register_fake("heat_fast_C::he_ce_chunked_forward")
+    def _(features, weight, target, scale, margin, label_smoothing, feature_norm, weight_norm,
+          chunk):
+        dtype = stat_dtype(features)
+        batch, classes = features.shape[0], weight.shape[0]
+        rows = [features.new_empty((batch,), dtype=dtype) for _ in range(4)]
+        return (*rows, features.new_empty((classes,), dtype=dtype))
+
+    @torch.library.register_fake("heat_fast_C::he_ce_chunked_backward")
+    def _(grad_rows, features, weight, target, lse, target_grad, feature_norms, weight_norms,
+          scale, label_smoothing, feature_norm, weight_norm, chunk):
+        return torch.empty_like(features), torch.empty_like(weight)
+
     @torch.library.register_fake("heat_fast_C::he_ce_backward")
     def _(grad_rows, features, weight, grad_cos, feature_norms, weight_norms, feature_norm,
           weight_norm):
@@ -178,6 +191,26 @@ def he_ce_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float
     """(loss_rows, grad_cos, feature_norms, weight_norms); see heat_fast.ops.he_loss."""
     return _ops().he_ce_forward.default(features, weight, target, scale, margin,
                                         label_smoothing, feature_norm, weight_norm)
+
+
+def he_ce_chunked_forward(features: Tensor, weight: Tensor, target: Tensor, scale: float,
+                          margin: float, label_smoothing: float, feature_norm: bool,
+                          weight_norm: bool, chunk: int) -> Tuple[Tensor, ...]:
+    """(loss_rows, lse, target_grad, feature_norms, weight_norms); see
+    heat_fast.ops.he_loss_chunked."""
+    return _ops().he_ce_chunked_forward.default(features, weight, target, scale, margin,
+                                                label_smoothing, feature_norm, weight_norm, chunk)
+
+
+def he_ce_chunked_backward(grad_rows: Tensor, features: Tensor, weight: Tensor, target: Tensor,
+                           lse: Tensor, target_grad: Tensor, feature_norms: Tensor,
+                           weight_norms: Tensor, scale: float, label_smoothing: float,
+                           feature_norm: bool, weight_norm: bool, chunk: int
+                           ) -> Tuple[Tensor, Tensor]:
+    """(d_features, d_weight) in the input dtypes; see heat_fast.ops.he_loss_chunked."""
+    return _ops().he_ce_chunked_backward.default(grad_rows, features, weight, target, lse,
+                                                 target_grad, feature_norms, weight_norms, scale,
+                                                 label_smoothing, feature_norm, weight_norm, chunk)
 
 
 def he_cross_entropy(features: Tensor, weight: Tensor, target: Tensor, scale: float,

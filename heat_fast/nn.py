@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from heat_fast import _checks
 from heat_fast.ops import cos_margin_cross_entropy, he_cross_entropy, he_logits
+from heat_fast.ops.he_loss_chunked import Chunked, check_chunked
 
 
 class HELinear(nn.Module):
@@ -55,12 +56,15 @@ class HECrossEntropyLoss(nn.Module):
     """CE(s · (cos θ − m · onehot(y)), y) on features and an HE weight (SPEC §2.1).
 
     ``forward(features (B, D), weight (C, D), target (B,))``; pass ``head.weight`` of an
-    :class:`HELinear`. ``backend`` as in :func:`heat_fast.he_cross_entropy`.
+    :class:`HELinear`. ``backend`` and ``chunked`` (the large-class path that never holds
+    (B, C) buffers: None automatic, True / False forced, an int classes per chunk) as in
+    :func:`heat_fast.he_cross_entropy`.
     """
 
     def __init__(self, scale: float = 15.0, margin: float = 0.2, reduction: str = "mean",
                  label_smoothing: float = 0.0, feature_norm: bool = True,
-                 weight_norm: Union[bool, str] = True, backend: str = "auto"):
+                 weight_norm: Union[bool, str] = True, backend: str = "auto",
+                 chunked: Chunked = None):
         super().__init__()
         _checks.check_scale_margin(scale, margin, label_smoothing)
         _checks.check_reduction(reduction)
@@ -68,11 +72,13 @@ class HECrossEntropyLoss(nn.Module):
         self.reduction, self.label_smoothing = reduction, float(label_smoothing)
         self.feature_norm, self.weight_norm = feature_norm, weight_norm
         self.backend = backend
+        check_chunked(chunked)
+        self.chunked = chunked
 
     def forward(self, features: Tensor, weight: Tensor, target: Tensor) -> Tensor:
         return he_cross_entropy(features, weight, target, self.scale, self.margin,
                                 self.reduction, self.label_smoothing, self.feature_norm,
-                                self.weight_norm, self.backend)
+                                self.weight_norm, self.backend, self.chunked)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale}, margin={self.margin}, reduction={self.reduction!r}"

@@ -25,6 +25,7 @@ from heat_fast.ops import dispatch
 from heat_fast.ops.he_loss import he_ce_forward_op
 from heat_fast.ops.pgd import pgd_step_op
 from test_he_loss import check_against_reference, loss_and_grads
+from test_he_loss_chunked import check_against_reference as check_chunked_against_reference
 from test_pgd import assert_step_matches
 
 DEVICE = torch.device(os.environ.get("HEAT_FAST_CUDA_SUITE_DEVICE", "cuda"))
@@ -187,6 +188,107 @@ def test_he_loss_under_torch_compile_fullgraph(backend):
 
     torch.testing.assert_close(torch.compile(step, fullgraph=True)(x), step(x),
                                rtol=1e-5, atol=1e-6)
+
+
+# --- HE loss, large-class (chunked) path ---------------------------------------------------
+
+# (B, C, D, classes per chunk; 0: the backend's own): C = 100k+ with small B and D, a head whose
+# chunks end mid-tile, and one of several chunks (the SPEC §7 shape is in the memory test below).
+CHUNKED_SHAPES = ([(5, 100003, 32, 0), (33, 3001, 65, 256), (64, 100003, 128, 20000)] if ON_GPU
+                  else [(5, 301, 17, 64), (9, 100, 33, 0)])
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", CHUNKED_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_he_loss_chunked_matches_float64_truth(backend, dtype, shape):
+    need(backend, dtype)
+    batch, classes, dim, chunk = shape
+    x, w, y = he_inputs(batch, classes, dim, dtype=dtype, seed=20)
+    check_chunked_against_reference(x, w, y, backend, chunk or True, scale=30.0, margin=0.3)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_he_loss_chunked_equals_unchunked(backend):
+    need(backend)
+    x, w, y = he_inputs(*((64, 5000, 128) if ON_GPU else (6, 250, 20)), seed=21)
+    chunked = loss_and_grads(x, w, y, backend, chunked=97, label_smoothing=0.1)
+    whole = loss_and_grads(x, w, y, backend, chunked=False, label_smoothing=0.1)
+    for a, b in zip(chunked, whole):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_he_loss_chunked_is_deterministic(backend):
+    need(backend)
+    x, w, y = he_inputs(*((256, 40000, 256) if ON_GPU else (7, 300, 24)), torch.bfloat16,
+                        seed=22)
+    first = loss_and_grads(x, w, y, backend, chunked=True)
+    second = loss_and_grads(x, w, y, backend, chunked=True)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_he_loss_chunked_holds_no_batch_by_classes_buffer(backend):
+    """B256 D512 C131072 bf16: the peak beyond the inputs and their gradients stays under half
+    of the (B, C) float32 buffer of the unchunked path (which exceeds it)."""
+    gpu_only()
+    need(backend, torch.bfloat16)
+    x, w, y = he_inputs(256, 131072, 512, torch.bfloat16, seed=23)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    buffer = 256 * 131072 * 4
+
+    def extra(chunked):
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        grads = torch.autograd.grad(hf.he_cross_entropy(x, w, y, backend=backend,
+                                                        chunked=chunked), (x, w))
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base - sum(g.nbytes for g in grads)
+
+    assert extra(True) <= buffer / 2
+    assert extra(False) >= buffer
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_he_loss_chunked_in_a_cuda_graph_and_under_compile(backend):
+    """The chunked forward+backward captured once and replayed on new data, and compiled with
+    fullgraph=True: no host synchronisation, no data-dependent Python."""
+    gpu_only()
+    need(backend)
+    x, w, y = he_inputs(64, 5000, 128, torch.bfloat16, seed=24)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+
+    def body():
+        loss = hf.he_cross_entropy(x, w, y, backend=backend, chunked=1000)
+        return (loss, *torch.autograd.grad(loss, (x, w)))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = body()
+    fresh = he_inputs(64, 5000, 128, torch.bfloat16, seed=25)
+    with torch.no_grad():
+        x.copy_(fresh[0])
+        w.copy_(fresh[1])
+    y.copy_(fresh[2])
+    graph.replay()
+    expected = body()
+    for a, b in zip(captured, expected):
+        torch.testing.assert_close(a, b)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b: hf.he_cross_entropy(a, b, y, backend=backend,
+                                                              chunked=1000), fullgraph=True)
+    torch.testing.assert_close(compiled(x, w), expected[0], rtol=1e-5, atol=1e-6)
 
 
 # --- projected step and random start ------------------------------------------------------

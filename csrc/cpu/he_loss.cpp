@@ -35,11 +35,6 @@
 
 namespace heat_fast::cpu {
 
-struct LossOptions {
-  double scale, margin, smoothing;
-  bool feature_norm, weight_norm;
-};
-
 #define HEAT_FAST_KERNELS_INC "he_loss_kernels.inc"
 #include "isa_variants.inc"
 #undef HEAT_FAST_KERNELS_INC

@@ -11,6 +11,12 @@
 
 namespace heat_fast::cpu {
 
+// The loss's options as the CPU kernels read them (he_loss_kernels.inc).
+struct LossOptions {
+  double scale, margin, smoothing;
+  bool feature_norm, weight_norm;
+};
+
 // Whether he_ce_forward_backward takes these shapes: heads whose products are small enough for
 // the register-tiled kernels (small_gemm.h) with a bounded number of row blocks; larger ones
 // run the forward and backward ops.

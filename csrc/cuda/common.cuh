@@ -50,6 +50,12 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float v)
   return __float2bfloat16_rn(v);
 }
 
+// 1 / max(norm, eps): the factor of F.normalize.
+template <typename acc_t>
+__device__ __forceinline__ acc_t inverse_norm(acc_t norm) {
+  return acc_t(1) / fmax(norm, acc_t(kNormEps));
+}
+
 struct SumOp {
   template <typename T>
   __device__ __forceinline__ T operator()(T a, T b) const {
@@ -103,6 +109,22 @@ void with_type(DType dtype, const F& f) {
     case DType::kFloat64: return f(double{});
     case DType::kFloat16: return f(__half{});
     case DType::kBFloat16: return f(__nv_bfloat16{});
+  }
+}
+
+// Blocks of `threads` for a grid-stride loop over `total` elements (at most 2^20).
+inline unsigned grid_for(int64_t total, int threads) {
+  const int64_t blocks = (total + threads - 1) / threads;
+  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
+}
+
+// Calls f(acc_t{}) with acc_t float or double for dtype kFloat32 or kFloat64.
+template <typename F>
+void with_acc(DType dtype, const F& f) {
+  if (dtype == DType::kFloat64) {
+    f(double{});
+  } else {
+    f(float{});
   }
 }
 

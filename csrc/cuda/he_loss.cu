@@ -16,11 +16,6 @@
 namespace heat_fast::cuda {
 namespace {
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t inverse_norm(acc_t norm) {
-  return acc_t(1) / fmax(norm, acc_t(kNormEps));
-}
-
 // Blocks [0, x_rows) take the rows of x, the others the rows of w; a disabled side writes 1.
 template <typename in_t>
 __global__ void row_norms_kernel(const in_t* __restrict__ x, int64_t x_rows, bool x_enabled,
@@ -230,21 +225,6 @@ __global__ void finalize_grads_kernel(const GradSide features, const GradSide we
     finalize_row(features, blockIdx.x, cols, lo_weight, scratch);
   } else {
     finalize_row(weight, blockIdx.x - features.rows, cols, lo_weight, scratch);
-  }
-}
-
-unsigned grid_for(int64_t total, int threads) {
-  const int64_t blocks = (total + threads - 1) / threads;
-  return static_cast<unsigned>(blocks < (1 << 20) ? blocks : (1 << 20));
-}
-
-// Calls f(acc_t{}) with acc_t float or double for dtype kFloat32 or kFloat64.
-template <typename F>
-void with_acc(DType dtype, const F& f) {
-  if (dtype == DType::kFloat64) {
-    f(double{});
-  } else {
-    f(float{});
   }
 }
 

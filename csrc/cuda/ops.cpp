@@ -16,28 +16,10 @@
 #include "../checks.h"
 #include "../no_autocast.h"
 #include "launch.h"
+#include "tensors.h"
 
 namespace heat_fast::cuda {
 namespace {
-
-void check_launch(cudaError_t error, const char* op) {
-  TORCH_CHECK(error == cudaSuccess, "heat_fast_C::", op, ": CUDA kernel launch failed: ",
-              cudaGetErrorString(error));
-}
-
-DType dtype_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return DType::kFloat32;
-    case at::kDouble: return DType::kFloat64;
-    case at::kHalf: return DType::kFloat16;
-    case at::kBFloat16: return DType::kBFloat16;
-    default: TORCH_CHECK(false, "unsupported dtype ", t);
-  }
-}
-
-cudaStream_t current_stream() {
-  return c10::cuda::getCurrentCUDAStream().stream();
-}
 
 // Whether the inputs go to the GEMMs as stored: one 16-bit dtype (bf16/fp16 tensor cores,
 // float32 accumulation). Otherwise both are copied to the math dtype.
@@ -48,11 +30,6 @@ bool sixteen_bit_pair(const at::Tensor& features, const at::Tensor& weight) {
 
 at::Tensor gemm_input(const at::Tensor& t, bool as_stored, at::ScalarType acc) {
   return as_stored ? t.contiguous() : t.to(acc).contiguous();
-}
-
-// a · b with float32 output for 16-bit operands (cuBLAS accumulates in float32).
-at::Tensor product(const at::Tensor& a, const at::Tensor& b, bool sixteen_bit) {
-  return sixteen_bit ? at::mm(a, b, at::kFloat) : at::mm(a, b);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> he_ce_forward(

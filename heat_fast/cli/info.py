@@ -4,13 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-from typing import List
+from typing import List, Optional
 
 import torch
 
 import heat_fast
 from heat_fast import native
-from heat_fast.ops import dispatch
+from heat_fast.ops import dispatch, he_loss_chunked
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -30,8 +30,23 @@ def _cpu_isa() -> str:
         return str(error)
 
 
-def report() -> str:
-    """A human-readable report of versions, build metadata and backend support."""
+def he_loss_path(batch: Optional[int], classes: Optional[int]) -> List[str]:
+    """Which path he_cross_entropy takes: the rule, and for a given head its choice."""
+    lines = [f"he_cross_entropy over many classes: the chunked path (no (B, C) buffers; triton "
+             f"and native backends) when C >= {he_loss_chunked.CHUNKED_MIN_CLASSES} or the "
+             f"(B, C) float32 buffer reaches {he_loss_chunked.CHUNKED_MIN_BYTES // 2**20} MiB; "
+             "chunked=True/False forces it"]
+    if classes is not None:
+        batch = batch or 1
+        chunk = he_loss_chunked.chunk_for(batch, classes, None)
+        lines.append(f"  a head of B={batch}, C={classes}: "
+                     + ("chunked" if chunk is not None else "unchunked (the fused (B, C) path)"))
+    return lines
+
+
+def report(batch: Optional[int] = None, classes: Optional[int] = None) -> str:
+    """A human-readable report of versions, build metadata and backend support, and the HE loss
+    path for a head of ``batch`` × ``classes`` when given."""
     lines = [
         f"heat_fast {heat_fast.__version__}",
         f"python {platform.python_version()}, torch {torch.__version__}, triton {_triton_version()}",
@@ -56,10 +71,19 @@ def report() -> str:
             lines.append(f"  {name:<9} {device.type:<4}  " + "; ".join(cells))
     for device in devices:
         lines.append(f"auto on {device.type}: {dispatch.resolve_backend('auto', device, torch.float32)}")
+    lines += he_loss_path(batch, classes)
     return "\n".join(lines)
 
 
 def main(argv: List[str]) -> int:
-    argparse.ArgumentParser(prog="heat-fast info", description=__doc__).parse_args(argv)
-    print(report())
+    parser = argparse.ArgumentParser(prog="heat-fast info", description=__doc__)
+    parser.add_argument("--classes", type=int, help="say which HE loss path a head of C "
+                        "classes takes")
+    parser.add_argument("--batch", type=int, help="its batch size (default 1)")
+    args = parser.parse_args(argv)
+    for name in ("classes", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    print(report(args.batch, args.classes))
     return 0

@@ -21,7 +21,8 @@ backend name as their last argument. The native backend has its own dispatcher o
 ``heat_fast_C::he_cross_entropy``, the reduced loss with its autograd in C++, which
 :func:`he_cross_entropy` calls directly, skipping this Python layer and the separate
 reduction (fwd+bwd of B128 D640 C10 on a 2-core CPU: 0.21 instead of 0.40 ms). The
-reference backend is plain torch autograd.
+reference backend is plain torch autograd. Heads with many classes take the chunked path of
+heat_fast.ops.he_loss_chunked instead, which never holds (B, C) buffers.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ from torch import Tensor
 
 from heat_fast import _checks, native, reference
 from heat_fast.ops.dispatch import kernels, resolve_backend
+from heat_fast.ops.he_loss_chunked import (
+    Chunked, check_chunked, chunk_for, he_ce_chunked_forward_op,
+)
 
 
 def _stat_dtype(t: Tensor) -> torch.dtype:
@@ -146,6 +150,7 @@ def he_cross_entropy(
     feature_norm: bool = True,
     weight_norm: reference.WeightNorm = True,
     backend: Optional[str] = "auto",
+    chunked: Chunked = None,
 ) -> Tensor:
     """Cosine-margin cross-entropy CE(s · (cos θ − m · onehot(y)), y) of SPEC §2.1.
 
@@ -156,13 +161,20 @@ def he_cross_entropy(
     True (differentiable), False, or "project" — AT_HE's form: the stored weight rows are
     renormalized in place and used without a normalization backward
     (reference.resolve_weight_norm). ``backend``: "auto", "reference", "triton" or
-    "native" (SPEC §2.3).
+    "native" (SPEC §2.3). ``chunked``: None picks the path that never holds (B, C) buffers
+    for heads of at least 32768 classes or a (B, C) float32 buffer of 256 MiB or more; True /
+    False forces the chunked / unchunked path, an int the chunked path with that many
+    classes per chunk (heat_fast.ops.he_loss_chunked). The reference backend is unchunked.
     """
     _checks.check_reduction(reduction)
     _checks.check_scale_margin(scale, margin, label_smoothing)
     _checks.check_float("features", features)
     device = features.device
     name = resolve_backend(backend, device, features.dtype)
+    check_chunked(chunked)
+    if name == "reference" and chunked not in (None, False):
+        raise ValueError(f"chunked={chunked!r} needs the triton or native backend: the "
+                         "reference backend is the unchunked specification")
     # Labels are range-checked on the host for CPU tensors (the native CPU kernel does it
     # itself, with the same ValueError) and inside the kernels on the GPU (a device assert,
     # as torch's own cross-entropy does): no extra launches, no host synchronisation.
@@ -176,9 +188,13 @@ def he_cross_entropy(
         )
     args = (features.contiguous(), weight.contiguous(), target.contiguous(), float(scale),
             float(margin), float(label_smoothing), bool(feature_norm), bool(weight_norm))
-    if name == "native":
+    chunk = chunk_for(features.shape[0], weight.shape[0], chunked)
+    if chunk is not None:
+        loss_rows = he_ce_chunked_forward_op(*args, chunk, name)[0]
+    elif name == "native":
         return native.he_cross_entropy(*args, reduction)
-    loss_rows = he_ce_forward_op(*args, name)[0]
+    else:
+        loss_rows = he_ce_forward_op(*args, name)[0]
     if reduction == "mean":
         return loss_rows.mean()
     if reduction == "sum":

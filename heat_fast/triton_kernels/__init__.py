@@ -16,6 +16,10 @@ else:
     from heat_fast.triton_kernels.he_loss import cos_ce_forward, he_ce_backward, he_ce_forward
     from heat_fast.triton_kernels.pgd import pgd_step_, random_init_
 
+    from heat_fast.triton_kernels.he_loss_chunked import (  # noqa: I001 (own line: merges)
+        he_ce_chunked_backward, he_ce_chunked_forward,
+    )
+
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 

@@ -42,9 +42,10 @@ MMA = re.compile(r"\b(HGMMA|HMMA|DMMA|IMMA)\b")
 SHARED = re.compile(r"SHARED:(\d+)")
 PTXAS = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads"
                    r"(?s:.*?)Used (\d+) registers")
-MATMUL_KERNELS = ("_cos_partials_kernel", "_grad_products_kernel")
+MATMUL_KERNELS = ("_cos_partials_kernel", "_grad_products_kernel", "_chunk_stats_kernel",
+                  "_chunk_grad_cos_kernel")
 # PTX a kernel must contain: the device-side label-range assert of the HE loss.
-REQUIRED_PTX = {"_ce_rows_kernel": "__assertfail"}
+REQUIRED_PTX = {"_ce_rows_kernel": "__assertfail", "_chunk_loss_kernel": "__assertfail"}
 
 
 @dataclass
@@ -256,6 +257,25 @@ def _he_case(name: str, batch: int, dim: int, classes: int, x_dtype: torch.dtype
     return Case(name, run, tensor_cores=sixteen, min_programs=min_programs)
 
 
+def _he_chunked_case(name: str, batch: int, dim: int, classes: int, dtype: torch.dtype,
+                     min_programs: int = 0) -> Case:
+    chunk = -(-classes // 2)  # two backward chunks: every launch, half the inspections
+
+    def run() -> None:
+        from heat_fast.triton_kernels import he_loss_chunked
+
+        x = torch.empty(batch, dim, dtype=dtype)
+        w = torch.empty(classes, dim, dtype=dtype)
+        y = torch.zeros(batch, dtype=torch.int64)
+        _, lse, target_grad, fn, wn = he_loss_chunked.he_ce_chunked_forward(
+            x, w, y, 15.0, 0.2, 0.0, True, True, chunk)
+        he_loss_chunked.he_ce_chunked_backward(torch.empty_like(fn), x, w, y, lse, target_grad,
+                                               fn, wn, 15.0, 0.0, True, True, chunk)
+
+    sixteen = dtype in (torch.float16, torch.bfloat16)
+    return Case(name, run, tensor_cores=sixteen, min_programs=min_programs)
+
+
 def _pgd_case(name: str, shape: Tuple[int, ...], dtype: torch.dtype, norm: str,
               per_channel: bool = False, delta: bool = False) -> Case:
     """pgd_step (position or delta form) and random_init as heat_fast.ops.pgd calls them:
@@ -297,6 +317,11 @@ def default_cases() -> List[Case]:
         _he_case("he no FN", 128, 640, 10, bf16, feature_norm=False),
         _he_case("he no WN", 128, 640, 10, f32, weight_norm=False),
         _he_case("he no FN no WN", 9, 20, 12, f16, feature_norm=False, weight_norm=False),
+        _he_chunked_case("he chunked C131072 B256 D512 bfloat16", 256, 512, 131072, bf16,
+                         min_programs=SM_COUNT),
+        _he_chunked_case("he chunked C131072 B256 D512 float32", 256, 512, 131072, f32,
+                         min_programs=SM_COUNT),
+        _he_chunked_case("he chunked odd 7x33x1001 float16", 7, 33, 1001, f16),
         _pgd_case("pgd linf float64", (3, 5), f64, "linf"),
         _pgd_case("pgd l2 float64", (3, 5), f64, "l2"),
         _pgd_case("pgd linf per-channel delta 128x3x32x32", (128, 3, 32, 32), f32, "linf",
