@@ -55,11 +55,13 @@ def resolve(path: str | Path) -> Path:
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by ``heat-fast train``; CheckpointError on any failure."""
-    from heat_fast.training.checkpoint import load_model
+    from heat_fast.training.checkpoint import CheckpointError as DamagedCheckpoint, load_model
 
     file = resolve(path)
     try:
         model, config = load_model(file, device)
+    except DamagedCheckpoint as error:  # its message names the file and what is wrong
+        raise CheckpointError(str(error)) from None
     except Exception as error:  # a corrupt pickle or mismatched weights may raise anything
         raise CheckpointError(f"cannot load checkpoint {file}: {error}") from None
     return Checkpoint(file, model.eval(), dict(config))
