@@ -18,7 +18,7 @@ from heat_fast.budget import BudgetError, parse_budget
 def budget(text: str) -> float:
     """argparse type: a budget ``8/255`` or ``0.031`` (range checked later, with the norm)."""
     try:
-        return parse_budget(text)
+        return parse_budget(text, "budget")
     except BudgetError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
