@@ -70,7 +70,8 @@ def read_json_lines(path: PathLike) -> tuple:
     """(records, torn): the JSON objects of a JSON-lines file, and the unparseable last line
     when a write was cut short (None otherwise). A bad line before the last one raises
     ValueError naming its number: that is damage, not an interrupted append."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    lines = [line for line in text.splitlines() if line.strip()]
     records = []
     for number, line in enumerate(lines, 1):
         try:

@@ -131,7 +131,8 @@ def claim(folder: Union[str, os.PathLike], command: str, flag: str = "--out") ->
                 os.close(fd)
                 fd = -1
                 if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
-                    raise OutputFolderError(f"cannot lock {flag} {folder} ({_reason(error)})") from None
+                    raise OutputFolderError(f"cannot lock {flag} {folder} "
+                                            f"({_reason(error)})") from None
                 raise OutputFolderError(f"{flag} {folder} is in use by another run: "
                                         f"{holder or 'unknown'}; wait for it to finish, or "
                                         f"choose another {flag}") from None

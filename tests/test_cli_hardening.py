@@ -108,6 +108,9 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_and_temp_files_are_taken
         assert heat_fast(["eval", str(out / "last.pt"), "--out", str(out), "--attacks", "fgsm",
                           "--n-examples", "4", "--no-progress", "--threads", "1"]) == 2
         assert "in use by another run" in _one_error_line(capsys.readouterr().err, "heat-fast eval")
+        assert heat_fast(["quickstart", "--out", str(out), "--no-progress"]) == 2
+        assert "in use by another run" in _one_error_line(capsys.readouterr().err,
+                                                          "heat-fast quickstart")
         assert _snapshot(out) == before  # the refused runs changed nothing
     finally:
         holder.send_signal(signal.SIGKILL)
@@ -377,6 +380,10 @@ def test_a_checkpoints_data_dir_is_shown_and_resolved_like_data_dir(tmp_path, mo
         capsys.readouterr().out
     assert torch.load(out / "last.pt", weights_only=True)["config"]["data_dir"] == str(
         tmp_path / "cifar")
+    assert heat_fast(["train", "--resume", "--epochs", "2", "--out", str(out),
+                      "--no-progress"]) == 0
+    assert (f"data: cifar10 from {tmp_path / 'cifar' / 'cifar-10-batches-py'} (the data_dir "
+            "saved in the checkpoint)") in capsys.readouterr().out
 
 
 def test_a_hostile_data_folder_named_by_a_checkpoint_runs_nothing(tmp_path, run_copy, capsys):

@@ -159,7 +159,8 @@ import torch
 import heat_fast
 from heat_fast import native
 native.unavailable_reason(torch.device("cpu"), torch.float32)
-x, w, y = torch.empty(0, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True), torch.empty(0, dtype=torch.long)
+x, w = torch.empty(0, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+y = torch.empty(0, dtype=torch.long)
 C, H = torch.ops.heat_fast_C, torch.ops.heat_fast
 calls = [lambda r=r: C.he_cross_entropy(x, w, y, 15.0, 0.2, 0.0, True, True, r) for r in (0, 1, 2)]
 calls += [lambda: C.he_ce_forward(x, w, y, 15.0, 0.2, 0.0, True, True),

@@ -75,8 +75,10 @@ def test_numeric_arrays_and_plain_data_round_trip(protocol):
               np.asfortranarray(rng.standard_normal((3, 5)).astype(np.float32)),
               rng.integers(-9, 9, 7).astype(">i8"), rng.random(3) > 0.5,
               (rng.random(2) + 1j * rng.random(2)).astype(np.complex64)]
-    entry = {b"data": arrays, "labels": [1, 2], b"name": b"batch 1", "meta": ("x", 2.5, None, True)}
+    entry = {b"data": arrays, "labels": list(np.array([1, 2])), b"name": b"batch 1",
+             "meta": ("x", 2.5, None, True, np.float32(0.5), np.bool_(False))}
     loaded = load_plain_data(io.BytesIO(pickle.dumps(entry, protocol)))
+    assert loaded["meta"][4].dtype == np.float32 and loaded["labels"][0].dtype == np.int64
     for got, want in zip(loaded[b"data"], arrays):
         assert got.dtype == want.dtype and np.array_equal(got, want)
     assert {k: v for k, v in loaded.items() if k != b"data"} == {

@@ -201,8 +201,8 @@ def summary_lines(summary: dict) -> List[str]:
              f"({summary['seconds_this_session']:.1f} s this session, {summary['threads']} "
              f"thread{'s' if summary['threads'] != 1 else ''})"]
     if final:
-        lines.append(f"  final epoch {final['epoch']}: test clean {_number(final['test_clean_acc'])}, "
-                     f"test PGD-{final['eval_pgd_steps']} {_number(final['test_pgd_acc'])}, "
+        lines.append(f"  final epoch {final['epoch']}: test clean "
+                     f"{_number(final['test_clean_acc'])}, test PGD-{final['eval_pgd_steps']} {_number(final['test_pgd_acc'])}, "
                      f"train loss {_number(final['loss'])}")
     if best:
         lines.append(f"  best {best['on']} PGD accuracy {_number(best['pgd_acc'])} at epoch "

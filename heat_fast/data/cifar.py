@@ -47,8 +47,9 @@ def _read_batch(path: Path, label_key: bytes) -> Tuple[Tensor, Tensor]:
         with open(path, "rb") as f:
             entry = load_plain_data(f)
     except UnsafePickleError as exc:
-        raise DatasetError(f"refusing to load {path}: it holds {exc}, which no CIFAR python-format "
-                           "file does (unpickling it could run code); use the official files") from None
+        raise DatasetError(f"refusing to load {path}: it holds {exc}, which no CIFAR "
+                           "python-format file does (unpickling it could run code); use the "
+                           "official files") from None
     except Exception as exc:  # any unpickling failure is a corrupt file for the user
         raise DatasetError(f"corrupt CIFAR file {path}: not a readable pickle "
                            f"({type(exc).__name__}: {exc})") from None

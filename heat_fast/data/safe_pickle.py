@@ -2,11 +2,12 @@
 
 ``pickle.load`` calls whatever a file names, so a crafted data file runs its author's
 command. :func:`load_plain_data` admits only what the official CIFAR-10/100 python format
-holds: dicts, lists, tuples, bytes, str, numbers, booleans, None and numpy arrays of a
-numeric dtype (bool, integer, float, complex). numpy's own pickling functions are never
-called: the array and dtype records of numpy's pickles (``numpy[._]core.multiarray.
-_reconstruct``, ``numpy[._]core.numeric._frombuffer``, ``numpy.ndarray``, ``numpy.dtype``,
-and ``_codecs.encode(text, "latin1")`` for bytes in Python 3's protocol 2) are checked and
+holds: dicts, lists, tuples, bytes, str, numbers, booleans, None and numpy arrays (and
+scalars, as ``list(labels)`` makes) of a numeric dtype (bool, integer, float, complex).
+numpy's own pickling functions are never called: the array, scalar and dtype records of
+numpy's pickles (``numpy[._]core.multiarray._reconstruct`` and ``.scalar``,
+``numpy[._]core.numeric._frombuffer``, ``numpy.ndarray``, ``numpy.dtype``, and
+``_codecs.encode(text, "latin1")`` for bytes in Python 3's protocol 2) are checked and
 rebuilt here with ``np.frombuffer``. Anything else raises :class:`UnsafePickleError`
 naming what the file asked for.
 """
@@ -114,6 +115,10 @@ def _frombuffer(raw: Any, dtype: Any, shape: Any, order: Any = "C") -> np.ndarra
     return _array(raw, _dtype_of(dtype), _shape_of(shape), _text(order) == "F")
 
 
+def _scalar(dtype: Any, raw: Any) -> np.generic:
+    return _array(raw, _dtype_of(dtype), (), False)[()]
+
+
 def _encode(text: Any, encoding: Any = "utf-8") -> bytes:
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise UnsafePickleError(f"a text encoding other than latin1 ({encoding!r})")
@@ -125,6 +130,8 @@ ALLOWED = {
     ("numpy", "dtype"): _DType,
     ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _scalar,
+    ("numpy._core.multiarray", "scalar"): _scalar,
     ("numpy.core.numeric", "_frombuffer"): _frombuffer,
     ("numpy._core.numeric", "_frombuffer"): _frombuffer,
     ("_codecs", "encode"): _encode,
@@ -151,7 +158,7 @@ def _plain(value: Any) -> Any:
         return [_plain(v) for v in value]
     if isinstance(value, tuple):
         return tuple(_plain(v) for v in value)
-    if isinstance(value, np.ndarray) or type(value) in PLAIN_TYPES:
+    if isinstance(value, (np.ndarray, np.generic)) or type(value) in PLAIN_TYPES:
         return value
     raise UnsafePickleError(f"a {type(value).__name__} object")
 

@@ -69,7 +69,8 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"{path} is not a heat_fast training checkpoint: missing key(s) {missing} "
                               f"(expected {list(REQUIRED_KEYS)})")
     config = state["config"]
-    missing = [k for k in MODEL_CONFIG_KEYS if not isinstance(config, dict) or config.get(k) is None]
+    missing = [k for k in MODEL_CONFIG_KEYS
+               if not isinstance(config, dict) or config.get(k) is None]
     if missing:
         raise CheckpointError(f"{path}: its config lacks {missing}, needed to rebuild the model")
     try:
