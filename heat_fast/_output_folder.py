@@ -1,10 +1,11 @@
 """One run per output folder: an exclusive lock held for the life of a run.
 
-:func:`claim` creates the folder if needed and takes an exclusive ``flock`` on
-``FOLDER/.heat-fast.lock``, which records who holds it (command, pid, host, start time). A
-second run is refused with :class:`OutputFolderError` naming the holder. The kernel drops
-the lock when its process ends however it ends, so a lock file left by a killed run is
-taken over, with a note. :meth:`Claim.remove_stale_temp_files` deletes the temporary files
+:func:`claim` creates the folder if needed and takes an exclusive POSIX record lock
+(``lockf``) on ``FOLDER/.heat-fast.lock``, which records who holds it (command, pid, host,
+start time). A second run, in another process or this one, is refused with
+:class:`OutputFolderError` naming the holder. The kernel drops the lock when its process
+ends however it ends, and forked children (data-loader workers) do not inherit it, so a lock
+file left by a killed run is taken over at once, with a note. :meth:`Claim.remove_stale_temp_files` deletes the temporary files
 of saves a killed run left behind (safe only while holding the lock). :meth:`Claim.release`
 removes the lock file (and the folder, when the claim created it and nothing was written).
 Needs ``fcntl`` (POSIX).
@@ -18,12 +19,15 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Set, Tuple, Union
 
 from heat_fast._files import TEMP_SUFFIX
 
 LOCK_NAME = ".heat-fast.lock"
 _TEMP_FILE = re.compile(r"^\..+\.\d+" + re.escape(TEMP_SUFFIX) + "$")
+# (device, inode) of the lock files this process holds: a POSIX lock is the process's, so a
+# second claim here would succeed, and closing its file would drop the first claim's lock
+_HELD: Set[Tuple[int, int]] = set()
 
 
 class OutputFolderError(ValueError):
@@ -57,6 +61,9 @@ class Claim:
     def __init__(self, folder: Path, fd: int, created: bool, taken_over: Optional[str]):
         self.folder, self._fd, self._created = folder, fd, created
         self.taken_over = taken_over  # who held the lock before, when its run was killed
+        stat = os.fstat(fd)
+        self._key = (stat.st_dev, stat.st_ino)
+        _HELD.add(self._key)
 
     @property
     def note(self) -> Optional[str]:
@@ -88,6 +95,7 @@ class Claim:
         finally:
             os.close(self._fd)
             self._fd = -1
+            _HELD.discard(self._key)
         if self._created:
             try:
                 self.folder.rmdir()
@@ -106,7 +114,19 @@ def _holder_line(command: str) -> str:
     return f"{command} (pid {os.getpid()} on {socket.gethostname()}, started {started})"
 
 
+def _busy(folder: Path, flag: str, holder: str) -> OutputFolderError:
+    return OutputFolderError(f"{flag} {folder} is in use by another run: {holder or 'unknown'}; "
+                             f"wait for it to finish, or choose another {flag}")
+
+
 def _open_lock(path: Path, folder: Path, flag: str) -> int:
+    try:
+        stat = path.stat()
+    except OSError:
+        pass
+    else:
+        if (stat.st_dev, stat.st_ino) in _HELD:
+            raise _busy(folder, flag, path.read_text(errors="replace").strip())
     try:
         return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     except OSError as error:
@@ -125,17 +145,15 @@ def claim(folder: Union[str, os.PathLike], command: str, flag: str = "--out") ->
         while True:
             fd = _open_lock(path, folder, flag)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
                 holder = os.read(fd, 4096).decode("utf-8", "replace").strip()
                 os.close(fd)
                 fd = -1
-                if error.errno not in (errno.EWOULDBLOCK, errno.EACCES):
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise OutputFolderError(f"cannot lock {flag} {folder} "
                                             f"({_reason(error)})") from None
-                raise OutputFolderError(f"{flag} {folder} is in use by another run: "
-                                        f"{holder or 'unknown'}; wait for it to finish, or "
-                                        f"choose another {flag}") from None
+                raise _busy(folder, flag, holder) from None
             try:
                 same_file = os.fstat(fd).st_ino == path.stat().st_ino
             except FileNotFoundError:
