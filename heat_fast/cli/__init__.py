@@ -55,5 +55,5 @@ def main(argv: Optional[List[str]] = None) -> int:
         module = importlib.import_module(SUBCOMMANDS[name][0])
         return int(module.main(rest) or 0)
     except KeyboardInterrupt:  # before a subcommand's own handler, e.g. while loading data
-        print(f"\nheat-fast {name}: interrupted before anything was written", file=sys.stderr)
+        print(f"\nheat-fast {name}: interrupted", file=sys.stderr)
         return 130
