@@ -10,7 +10,10 @@ import torch
 from heat_fast.data import (Augment, DatasetError, TensorLoader, load_dataset,
                             random_crop_flip)
 
-CIFAR_MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-mini"
+CIFAR_MINI = next((folder / "shared" / "data" / "cifar10-mini"
+                   for folder in Path(__file__).resolve().parents
+                   if (folder / "shared" / "data" / "cifar10-mini").is_dir()),
+                  Path("shared/data/cifar10-mini"))
 needs_cifar = pytest.mark.skipif(not (CIFAR_MINI / "cifar-10-batches-py").is_dir(),
                                  reason=f"real CIFAR-10 subset not found at {CIFAR_MINI}")
 

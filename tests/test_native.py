@@ -154,6 +154,41 @@ def test_kernel_errors_name_the_argument(ops):
                          torch.tensor([1]), "linf")
 
 
+EMPTY_BATCH_CALLS = """
+import torch
+import heat_fast
+from heat_fast import native
+native.unavailable_reason(torch.device("cpu"), torch.float32)
+x, w = torch.empty(0, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+y = torch.empty(0, dtype=torch.long)
+C, H = torch.ops.heat_fast_C, torch.ops.heat_fast
+calls = [lambda r=r: C.he_cross_entropy(x, w, y, 15.0, 0.2, 0.0, True, True, r) for r in (0, 1, 2)]
+calls += [lambda: C.he_ce_forward(x, w, y, 15.0, 0.2, 0.0, True, True),
+          lambda: C.cos_ce_forward(torch.empty(0, 3), y, 15.0, 0.2, 0.0)]
+calls += [lambda b=b: H.he_ce_forward(x, w, y, 15.0, 0.2, 0.0, True, True, b)
+          for b in ("reference", "triton", "native")]
+calls += [lambda b=b: H.cos_ce_forward(torch.empty(0, 3), y, 15.0, 0.2, 0.0, b)
+          for b in ("reference", "triton", "native")]
+for call in calls:
+    try:
+        call()
+    except (RuntimeError, ValueError) as error:
+        assert "B >= 1" in str(error), error
+    else:
+        raise AssertionError("an empty batch was accepted")
+print("refused", len(calls))
+"""
+
+
+def test_registered_ops_refuse_an_empty_batch(ops):
+    """B = 0 with a weight that requires grad once crashed heat_fast_C::he_cross_entropy (a
+    null source in std::copy); every registered op checks B >= 1 itself. In a subprocess, so
+    a crash fails this test instead of ending the run."""
+    done = subprocess.run([sys.executable, "-c", EMPTY_BATCH_CALLS], capture_output=True,
+                          text=True, timeout=300, env=dict(os.environ, TRITON_INTERPRET="1"))
+    assert done.returncode == 0 and done.stdout.strip() == "refused 11", done.stderr[-2000:]
+
+
 # ---- build metadata and availability --------------------------------------------------------
 
 

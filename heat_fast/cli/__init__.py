@@ -1,7 +1,7 @@
 """The ``heat-fast`` command line: ``train``, ``eval``, ``quickstart``, ``presets`` and ``info``.
 
 Each subcommand lives in its own module exposing ``main(argv: list[str]) -> int``; every one
-exits 2 with a one-line message for bad input.
+exits 2 with a one-line message for bad input, and 130 when interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -51,5 +51,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"heat-fast: unknown subcommand {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except KeyboardInterrupt:  # before a subcommand's own handler, e.g. while loading data
+        print(f"\nheat-fast {name}: interrupted", file=sys.stderr)
+        return 130

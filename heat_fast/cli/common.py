@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from typing import Iterator, Optional, TextIO
 
+from heat_fast._files import strict_json
 from heat_fast.budget import BudgetError, parse_budget
 
 
 def budget(text: str) -> float:
     """argparse type: a budget ``8/255`` or ``0.031`` (range checked later, with the norm)."""
     try:
-        return parse_budget(text)
+        return parse_budget(text, "budget")
     except BudgetError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -28,6 +28,19 @@ def positive_int(text: str) -> int:
     if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return int(text)
+
+
+def seed(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2**63)."""
+    from heat_fast.training.config import SEED_LIMIT
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text}")
+    return value
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, default_suppressed: bool = False) -> None:
@@ -54,7 +67,8 @@ def say(stream: TextIO, text: str) -> None:
 
 
 def print_json(payload: object) -> None:
-    print(json.dumps(payload, indent=2, default=str), flush=True)
+    """``payload`` as standard JSON (null for NaN / inf) on stdout."""
+    print(strict_json(payload, indent=2), flush=True)
 
 
 def error(prog: str, message: object) -> int:

@@ -6,28 +6,34 @@ is evaluated on the first ``--n-examples`` test images of its dataset under ever
 ``--attacks``, each on the examples still robust after the attacks before it, plus the
 per-example worst case over all of them. The default attacks are heat_fast's equivalent of
 AutoAttack's standard version (APGD-CE, APGD-T, FAB-T, Square) after a PGD-20 first pass;
-``--quick`` is a cheap set for monitoring training. Prints the plan, then one table; with
-``--out`` writes ``eval.json`` and, with ``--eps-sweep``, ``eps_sweep.png``. Exit status 2
-for bad arguments or a missing, corrupt or mismatched checkpoint, with a one-line message.
+``--quick`` is a cheap set for monitoring training. Prints the plan (with the folder each
+test set is read from), then one table; with ``--out`` (locked for the evaluation, like a
+training run's folder) writes ``eval.json`` and, with ``--eps-sweep``, ``eps_sweep.png``.
+Exit status 2 for bad arguments, a device or backend this machine lacks, or a missing,
+corrupt or mismatched checkpoint, with a one-line message.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional, Sequence
 
 import torch
 
 from heat_fast import progress
+from heat_fast._output_folder import Claim, OutputFolderError, claim
 from heat_fast.attacks import AutoAttackUnavailableError
 from heat_fast.budget import NORMS, BudgetError, check_budget, format_eps
 from heat_fast.cli.common import (add_common_arguments, budget, error, human_stream,
-                                  positive_int, print_json, say, threads_for)
+                                  positive_int, print_json, say, seed, threads_for)
 from heat_fast.data import DATASET_NAMES, DatasetError, load_dataset_for
 from heat_fast.evaluation import (CLEAN, DEFAULT_ATTACKS, QUICK_ATTACKS, WORST, CheckpointError,
                                   Settings, evaluate_checkpoints, parse_attack_list, table,
                                   write_outputs)
 from heat_fast.evaluation.checkpoints import Checkpoint, load
 from heat_fast.evaluation.session import eval_payload
+from heat_fast.ops import BackendUnavailableError, resolve_backend
+from heat_fast.training.config import ConfigError, check_device
 
 PROG = "heat-fast eval"
 
@@ -81,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-examples", type=positive_int, default=1000,
                         help="first N test images (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=256)
-    parser.add_argument("--seed", type=int, default=0, help="attack random starts")
+    parser.add_argument("--seed", type=seed, default=0, help="attack random starts")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--backend", default="auto", choices=("auto", "reference", "triton", "native"),
                         help="backend of the pgd_step/random_init ops")
@@ -152,10 +158,14 @@ def plan(loaded: Sequence[Checkpoint], settings: Settings) -> tuple:
     """(the plan's lines, its cost in :mod:`heat_fast.progress` units)."""
     lines, units = [f"eval plan: {len(loaded)} checkpoint{'s' if len(loaded) != 1 else ''}"], 0.0
     for ckpt in loaded:
-        n = min(settings.n_examples or 0, load_dataset_for(ckpt.config, settings.data_dir).test_size)
+        data = load_dataset_for(ckpt.config, settings.data_dir)
+        n = min(settings.n_examples or 0, data.test_size)
         eps = settings.eps if settings.eps is not None else ckpt.config.get("eps")
         units += n * units_per_example(settings)
-        lines.append(f"  {ckpt.path}: {n} {ckpt.config.get('dataset')} test images, "
+        folder = data.extra.get("path")
+        origin = "--data-dir" if settings.data_dir else "the checkpoint's data_dir"
+        source = f" from {folder} ({origin})" if folder else ""
+        lines.append(f"  {ckpt.path}: {n} {ckpt.config.get('dataset')} test images{source}, "
                      f"eps {format_eps(eps) if eps is not None else '?'}")
     lines.append("  attacks: " + ", ".join(
         f"{n} ({progress.attack_passes(n)} passes)" if progress.attack_passes(n) > 1 else n
@@ -165,6 +175,16 @@ def plan(loaded: Sequence[Checkpoint], settings: Settings) -> tuple:
         lines.append(f"  eps sweep: {', '.join(format_eps(e) for e in settings.eps_sweep)} "
                      f"with {', '.join(sweep)}")
     return lines, units
+
+
+def check_machine(device: str, backend: str) -> None:
+    """ConfigError unless this machine has ``device`` and ``backend`` runs on it."""
+    torch_device = check_device(device)
+    try:
+        resolve_backend(backend, torch_device, torch.float32)
+    except (BackendUnavailableError, ValueError) as err:
+        raise ConfigError(f"--backend {backend}: {err} (--backend auto picks one that runs "
+                          "here)") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -177,11 +197,26 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(exc.code or 0)
     human = human_stream(args.json)
     try:
+        check_machine(args.device, args.backend)
         loaded = _load(args)
         settings = _settings(args, _norm(args, loaded))
         lines, units = plan(loaded, settings)
-    except (CheckpointError, DatasetError, BudgetError) as err:
+        owner = claim(args.out, "heat-fast eval") if args.out else None
+    except (CheckpointError, DatasetError, BudgetError, ConfigError, OutputFolderError) as err:
         return error(PROG, err)
+    try:
+        return _run(args, loaded, settings, lines, units, human, owner)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _run(args: argparse.Namespace, loaded: Sequence[Checkpoint], settings: Settings,
+         lines: List[str], units: float, human, owner: Optional[Claim]) -> int:
+    """Evaluate as planned, print the table, write --out; the exit status."""
+    for note in (owner.note, owner.remove_stale_temp_files()) if owner is not None else ():
+        if note:
+            say(sys.stderr, note)
     with threads_for(args.threads, human) as count:
         settings.threads = count
         for line in lines:
@@ -193,7 +228,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             return error(PROG, err)
     say(human, table(reports))
     if args.out:
-        for path in write_outputs(reports, settings, args.out):
+        try:
+            written = write_outputs(reports, settings, args.out)
+        except OSError as err:
+            return error(PROG, f"cannot write in --out {args.out} ({err.strerror or err}): free "
+                               "some space or choose another --out")
+        for path in written:
             say(human, f"wrote {path}")
     if args.json:
         print_json(eval_payload(reports, settings))

@@ -5,19 +5,22 @@ evaluates each on the first test images with ``heat-fast eval``'s default attack
 CE and CW, then the AutoAttack-standard equivalent APGD-CE, APGD-T, FAB-T, Square) and the
 per-example worst case, prints the table side by side with the seconds per training epoch,
 and writes OUT/eval.json, OUT/eps_sweep.png and both runs (OUT/pgd-at, OUT/pgd-at-he, each
-with its training_curves.png). Refuses an existing non-empty OUT unless ``--overwrite``.
+with its training_curves.png). Refuses an existing non-empty OUT unless ``--overwrite``, and
+an OUT another run is using (it is locked for the life of the quickstart).
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from heat_fast import progress
+from heat_fast._output_folder import LOCK_NAME, OutputFolderError, claim
 from heat_fast.cli import train as train_cli
 from heat_fast.cli.common import (add_common_arguments, error, human_stream, positive_int,
-                                  print_json, say, threads_for)
+                                  print_json, say, seed, threads_for)
 from heat_fast.cli.eval import units_per_example
 from heat_fast.data import load_dataset
 from heat_fast.evaluation import (DEFAULT_ATTACKS, CheckpointError, Settings, evaluate_checkpoints,
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace what an earlier quickstart left in --out")
     parser.add_argument("--epochs", type=positive_int, default=8, help="default: %(default)s")
-    parser.add_argument("--seed", type=int, default=0, help="training and attack seed")
+    parser.add_argument("--seed", type=seed, default=0, help="training and attack seed")
     parser.add_argument("--n-examples", type=positive_int, default=200,
                         help="test images evaluated (default: %(default)s of 360)")
     parser.add_argument("--steps-per-epoch", type=positive_int, default=None,
@@ -62,13 +65,43 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed usage and the error
         return int(exc.code or 0)
-    began, human, out = time.perf_counter(), human_stream(args.json), Path(args.out)
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        return error(PROG, f"{out} already holds files: pass --overwrite to replace them, or another --out")
+    out = Path(args.out)
     try:
-        runs = [train_cli.open_run(train_cli.parse(train_argv(args, name, he))) for name, he in RUNS]
+        owner = claim(out, PROG)
+    except OutputFolderError as exc:
+        return error(PROG, exc)
+    try:
+        if any(p.name != LOCK_NAME for p in out.iterdir()) and not args.overwrite:
+            return error(PROG, f"{out} already holds files: pass --overwrite to replace them, "
+                               "or another --out")
+        for note in (owner.note, owner.remove_stale_temp_files()):
+            if note:
+                say(sys.stderr, note)
+        return _quickstart(args, out)
+    finally:
+        owner.release()
+
+
+def _quickstart(args: argparse.Namespace, out: Path) -> int:
+    """Train both runs, evaluate them and write the outputs into ``out`` (locked)."""
+    began, human, runs = time.perf_counter(), human_stream(args.json), []
+    try:
+        for name, he in RUNS:
+            runs.append(train_cli.open_run(train_cli.parse(train_argv(args, name, he))))
+            for note in runs[-1].notes:
+                say(sys.stderr, note)
+        return _train_and_evaluate(args, out, runs, began, human)
     except train_cli.USER_ERRORS as exc:
         return error(PROG, exc)
+    finally:
+        for run in runs:
+            run.close()
+
+
+def _train_and_evaluate(args: argparse.Namespace, out: Path, runs: Sequence, began: float,
+                        human) -> int:
+    from heat_fast.training.run import RunWriteError
+
     settings = Settings(attacks=DEFAULT_ATTACKS, n_examples=args.n_examples, seed=args.seed,
                         device=args.device, eps_sweep=SWEEP_EPS, sweep_attacks=SWEEP_ATTACKS,
                         progress=not args.no_progress)
@@ -87,13 +120,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         except KeyboardInterrupt:
             say(human, "\ninterrupted; rerun with --overwrite to start over")
             return 130
+        except RunWriteError as exc:
+            return error(PROG, exc)
         say(human, f"== evaluating on {n_eval} test images")
         try:
             reports = evaluate_checkpoints([out / name for name, _ in RUNS], settings)
         except CheckpointError as exc:
             return error(PROG, exc)
     say(human, table(reports))
-    for path in write_outputs(reports, settings, out):
+    try:
+        written = write_outputs(reports, settings, out)
+    except OSError as exc:
+        return error(PROG, f"cannot write in {out} ({exc.strerror or exc}): free some space and "
+                           "rerun with --overwrite")
+    for path in written:
         say(human, f"wrote {path}")
     seconds = time.perf_counter() - began
     say(human, f"quickstart finished in {seconds:.0f} s with {count} thread{'s' if count != 1 else ''}")

@@ -13,9 +13,10 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Dict, List, Optional, TextIO, Tuple
 
+from heat_fast._output_folder import OutputFolderError
 from heat_fast.budget import NORMS, format_eps
 from heat_fast.cli.common import (add_common_arguments, budget, error, human_stream, print_json,
-                                  say, threads_for)
+                                  say, seed, threads_for)
 from heat_fast.data import DATASET_NAMES
 from heat_fast.data.base import DatasetError
 from heat_fast.models import MODEL_NAMES
@@ -37,7 +38,7 @@ EXAMPLE = ("example (under a minute on a 2-core CPU):\n"
            "data-parallel on 4 GPUs (--batch-size is the global batch, split over the processes):\n"
            "  torchrun --nproc_per_node=4 -m heat_fast train --preset pgd-at-he --data-dir DIR")
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, BackendUnavailableError,
-               DistributedError, FileNotFoundError)
+               DistributedError, FileNotFoundError, OutputFolderError)
 # flags that steer the command rather than set a config value
 CONTROL_FLAGS = ("preset", "resume", "overwrite", "no_progress", "json", "dist_backend",
                  "config", "print_config", "dry_run")
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="continue the run in --out from last.pt (bit-exact on CPU with the same --threads)")
     run.add_argument("--overwrite", action="store_true", default=False,
                      help="start over even if --out already holds a checkpoint")
-    run.add_argument("--seed", type=int, help="default 0")
+    run.add_argument("--seed", type=seed, help="default 0")
     run.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     opt = p.add_argument_group("optimization")
     opt.add_argument("--epochs", type=int, help="default 10")
@@ -174,7 +175,8 @@ def open_run(args: argparse.Namespace) -> "TrainingRun":
     from heat_fast.training.run import build_config, prepare
 
     values, preset_name = settings(args)
-    return prepare(build_config(values, preset_name), resume_values=values, resume=args.resume,
+    given = dict(values, preset=preset_name) if preset_name else values  # a resume compares it
+    return prepare(build_config(values, preset_name), resume_values=given, resume=args.resume,
                    overwrite=args.overwrite, progress=not args.no_progress,
                    dist_backend=args.dist_backend, dry_run=args.dry_run)
 
@@ -188,17 +190,22 @@ def header(run: "TrainingRun") -> str:
             f"{', bf16' if cfg.bf16 else ''} -> {run.out}")
 
 
+def _number(value: Optional[float]) -> str:
+    """A metric as printed: 4 decimals, or "-" where it was not measured (null)."""
+    return "-" if value is None else f"{value:.4f}"
+
+
 def summary_lines(summary: dict) -> List[str]:
     final, best, epochs = summary["final"], summary["best"], summary["epochs"]
     lines = [f"done: {epochs} epoch{'s' if epochs != 1 else ''} in {summary['out']} "
              f"({summary['seconds_this_session']:.1f} s this session, {summary['threads']} "
              f"thread{'s' if summary['threads'] != 1 else ''})"]
     if final:
-        lines.append(f"  final epoch {final['epoch']}: test clean {final['test_clean_acc']:.4f}, "
-                     f"test PGD-{final['eval_pgd_steps']} {final['test_pgd_acc']:.4f}, "
-                     f"train loss {final['loss']:.4f}")
+        lines.append(f"  final epoch {final['epoch']}: test clean "
+                     f"{_number(final['test_clean_acc'])}, test PGD-{final['eval_pgd_steps']} {_number(final['test_pgd_acc'])}, "
+                     f"train loss {_number(final['loss'])}")
     if best:
-        lines.append(f"  best {best['on']} PGD accuracy {best['pgd_acc']:.4f} at epoch "
+        lines.append(f"  best {best['on']} PGD accuracy {_number(best['pgd_acc'])} at epoch "
                      f"{best['epoch']} (best.pt)")
     if summary.get("curves"):
         lines.append(f"  curves {summary['curves']}")
@@ -239,9 +246,20 @@ def main(argv: List[str]) -> int:
 
 def execute(run: "TrainingRun", args: argparse.Namespace, human: TextIO) -> int:
     """Choose the threads, print the header and plan, train (or stop after them with
-    ``--dry-run``), print the summary; 130 when interrupted."""
+    ``--dry-run``), print the summary; 130 when interrupted, 2 when a file cannot be written."""
+    from heat_fast.training.run import RunWriteError
+
     show = run.is_main
     stream = human if show else open_null()
+    for note in run.notes if show else ():
+        say(sys.stderr, note)
+    if run.finished:
+        say(stream, f"nothing to train: the run in {run.out} has finished all its "
+                    f"{run.start_epoch} epochs (to train it longer, pass --resume --epochs N "
+                    f"with N > {run.start_epoch})")
+        if args.json:
+            print_json({"out": str(run.out), "epochs": run.start_epoch, "nothing_to_train": True})
+        return 0
     saved = run.resumed_threads
     requested = getattr(args, "threads", None)
     with threads_for(requested, stream, fixed=saved, fixed_source="the resumed run's") as count:
@@ -251,6 +269,8 @@ def execute(run: "TrainingRun", args: argparse.Namespace, human: TextIO) -> int:
         run.config.threads = count
         if show:
             say(stream, header(run))
+            if run.data_source:
+                say(stream, run.data_source)
             say(stream, run.plan())
         if args.dry_run:
             if show:
@@ -261,15 +281,27 @@ def execute(run: "TrainingRun", args: argparse.Namespace, human: TextIO) -> int:
         try:
             summary = run.run(log=lambda line: say(stream, line))
         except KeyboardInterrupt:
-            print(f"\ninterrupted; {run.out}/last.pt holds the last finished epoch; "
-                  f"continue with --resume --out {run.out}", file=sys.stderr)
+            print(f"\n{interrupted(run)}", file=sys.stderr)
             return 130
+        except RunWriteError as exc:
+            return error(PROG, exc)
     if show:
         for line in summary_lines(summary):
             say(stream, line)
         if args.json:
             print_json(summary)
     return 0
+
+
+def interrupted(run: "TrainingRun") -> str:
+    """What an interrupted run left, and how to go on from there."""
+    from heat_fast.training.run import LAST
+
+    if (run.out / LAST).exists():
+        return (f"interrupted; {run.out / LAST} holds the last finished epoch; continue with "
+                f"--resume --out {run.out}")
+    return ("interrupted before the first epoch finished, so nothing was saved: run the same "
+            "command again to start")
 
 
 def open_null() -> TextIO:

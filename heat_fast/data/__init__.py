@@ -7,6 +7,7 @@ N×C×H×W, in memory; labels int64; num_classes, in_channels, image_size, mean,
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Mapping, Optional, Union
 
 from heat_fast.data.augment import Augment, random_crop_flip
@@ -49,15 +50,23 @@ def load_dataset(name: str, data_dir: Optional[str] = None, **options) -> Union[
     return loader()
 
 
+def absolute_data_dir(data_dir: Optional[str]) -> Optional[str]:
+    """``data_dir`` with ``~`` expanded, made absolute against the current directory."""
+    return None if data_dir is None else str(Path(data_dir).expanduser().absolute())
+
+
 def load_dataset_for(config: Mapping[str, object], data_dir: Optional[str] = None,
                      workers: int = 0) -> Union[Dataset, ImageFolder]:
     """The dataset a training config names (``dataset``, ``data_dir`` unless ``data_dir`` is
-    given, and for imagenet its ``image_size``, default 224)."""
+    given, and for imagenet its ``image_size``, default 224). Either folder is resolved the
+    same way (:func:`absolute_data_dir`); a loaded dataset's ``extra["path"]`` is the folder
+    read, to show the user."""
     name = str(config["dataset"])
     options = ({"image_size": int(config.get("image_size") or 224), "workers": workers}
                if name == "imagenet" else {})
-    return load_dataset(name, data_dir or config.get("data_dir"), **options)
+    folder = data_dir or config.get("data_dir")
+    return load_dataset(name, absolute_data_dir(str(folder)) if folder else None, **options)
 
 
 __all__ = ["Augment", "DATASET_NAMES", "Dataset", "DatasetError", "ImageFolder", "TensorLoader",
-           "load_dataset", "load_dataset_for", "random_crop_flip"]
+           "absolute_data_dir", "load_dataset", "load_dataset_for", "random_crop_flip"]

@@ -2,11 +2,12 @@
 
 ``data_dir`` may be the directory itself (``cifar-10-batches-py`` / ``cifar-100-python``)
 or its parent. The pickles are read directly (no md5 check, so real subsets in the same
-format load too).
+format load too) by a restricted unpickler (:mod:`heat_fast.data.safe_pickle`) that admits
+only what the format holds, so a crafted file raises :class:`DatasetError` instead of
+running code.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -15,6 +16,7 @@ import torch
 from torch import Tensor
 
 from heat_fast.data.base import Dataset, DatasetError, to_unit_float
+from heat_fast.data.safe_pickle import UnsafePickleError, load_plain_data
 
 _LAYOUT = {
     # name: (directory, train files, test files, label key, classes, mean, std)
@@ -43,7 +45,15 @@ def _read_batch(path: Path, label_key: bytes) -> Tuple[Tensor, Tensor]:
                            f"file {path.name} in {path.parent}")
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+            entry = load_plain_data(f)
+    except UnsafePickleError as exc:
+        raise DatasetError(f"refusing to load {path}: it holds {exc}, which no CIFAR "
+                           "python-format file does (unpickling it could run code); use the "
+                           "official files") from None
+    except Exception as exc:  # any unpickling failure is a corrupt file for the user
+        raise DatasetError(f"corrupt CIFAR file {path}: not a readable pickle "
+                           f"({type(exc).__name__}: {exc})") from None
+    try:
         data = np.asarray(entry[b"data"], dtype=np.uint8)
         labels = np.asarray(entry[label_key], dtype=np.int64)
     except Exception as exc:  # any unpickling/format failure is a corrupt file for the user

@@ -2,7 +2,6 @@
 that say what went wrong (:class:`CheckpointError`) instead of tracebacks."""
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from heat_fast._files import read_json_lines
 
 CHECKPOINT_FILE = "last.pt"
 METRICS_FILE = "metrics.jsonl"
@@ -33,10 +34,10 @@ class Checkpoint:
 
     def train_seconds_per_epoch(self) -> Optional[float]:
         """Median ``seconds`` over the run's metrics.jsonl epochs (robust to a busy
-        machine's spikes), None if unavailable."""
+        machine's spikes; a torn last line is left out), None if unavailable."""
         try:
-            lines = (self.run_dir / METRICS_FILE).read_text().splitlines()
-            seconds = [float(json.loads(line)["seconds"]) for line in lines if line.strip()]
+            records, _torn = read_json_lines(self.run_dir / METRICS_FILE)
+            seconds = [float(record["seconds"]) for record in records]
         except (OSError, ValueError, KeyError, TypeError):
             return None
         return statistics.median(seconds) if seconds else None
@@ -55,11 +56,13 @@ def resolve(path: str | Path) -> Path:
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint written by ``heat-fast train``; CheckpointError on any failure."""
-    from heat_fast.training.checkpoint import load_model
+    from heat_fast.training.checkpoint import CheckpointError as DamagedCheckpoint, load_model
 
     file = resolve(path)
     try:
         model, config = load_model(file, device)
+    except DamagedCheckpoint as error:  # its message names the file and what is wrong
+        raise CheckpointError(str(error)) from None
     except Exception as error:  # a corrupt pickle or mismatched weights may raise anything
         raise CheckpointError(f"cannot load checkpoint {file}: {error}") from None
     return Checkpoint(file, model.eval(), dict(config))

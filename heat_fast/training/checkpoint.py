@@ -4,7 +4,8 @@ A training checkpoint is a dict with keys ``model``, ``optimizer``, ``scheduler`
 ``epoch`` (epochs completed), ``rng`` (python / numpy / torch / cuda states plus the run's
 named generators), ``config`` (the full run config, a plain dict) and extra run state
 (``trainer``, ``best``, and ``ema`` — the weight average, with ``--ema``). Files are read
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)``: a file holding other Python objects is refused
+(loading it in full could run code), and the error never suggests doing so.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from heat_fast._files import atomic_write
+from heat_fast.training.config import ConfigError, check_kinds
 
 PathLike = Union[str, os.PathLike]
 REQUIRED_KEYS = ("model", "optimizer", "scheduler", "epoch", "rng", "config")
@@ -34,6 +36,22 @@ def save_checkpoint(path: PathLike, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def load_error(path: PathLike, error: Exception) -> CheckpointError:
+    """The user's message for ``torch.load(path, weights_only=True)`` raising ``error``:
+    torch's reason without its advice to retry with ``weights_only=False`` (the unsafe way)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        reason = next((line for line in lines[1:] if not line.startswith(
+            ("Please file an issue", "Check the documentation"))), "unsupported content")
+        if "GLOBAL" in reason:
+            return CheckpointError(f"refusing to load {path}: it holds Python objects that "
+                                   f"heat-fast checkpoints never hold ({reason.rstrip('.')}); "
+                                   "it was not written by heat-fast train, or it was altered")
+        return CheckpointError(f"corrupt checkpoint {path}: not a torch checkpoint ({reason})")
+    reason = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return CheckpointError(f"corrupt checkpoint {path}: cannot be read by torch.load ({reason})")
+
+
 def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
     """Read and validate a training checkpoint (see the module docstring)."""
     path = Path(path)
@@ -43,8 +61,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch.load raises many types for a damaged file
-        raise CheckpointError(f"corrupt checkpoint {path}: cannot be read by torch.load "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise load_error(path, exc) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a heat_fast checkpoint: expected a dict, got {type(state).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -52,9 +69,14 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
         raise CheckpointError(f"{path} is not a heat_fast training checkpoint: missing key(s) {missing} "
                               f"(expected {list(REQUIRED_KEYS)})")
     config = state["config"]
-    missing = [k for k in MODEL_CONFIG_KEYS if not isinstance(config, dict) or k not in config]
+    missing = [k for k in MODEL_CONFIG_KEYS
+               if not isinstance(config, dict) or config.get(k) is None]
     if missing:
         raise CheckpointError(f"{path}: its config lacks {missing}, needed to rebuild the model")
+    try:
+        check_kinds(config)
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: its saved config is damaged: {error}") from None
     return state
 
 

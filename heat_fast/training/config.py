@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import List, Optional
 import torch
 
 from heat_fast.budget import NORMS, BudgetError, check_budget, format_eps, parse_budget
-from heat_fast.data import DATASET_NAMES
+from heat_fast.data import DATASET_NAMES, absolute_data_dir
 from heat_fast.models import MODEL_NAMES
 from heat_fast.training.crafting import STARTS
 from heat_fast.training.frameworks import FRAMEWORKS
@@ -48,6 +49,8 @@ FRAMEWORK_DEFAULTS = {
 }
 # optimizer -> default learning rate
 OPTIMIZERS = {"sgd": 0.1, "nesterov": 0.1, "adamw": 1e-3}
+# seeds lie in [0, SEED_LIMIT): the seeds derived from them (per epoch, per rank) fit torch's
+SEED_LIMIT = 2**63
 # fields a resumed run may change (everything else must match the checkpoint)
 RESUMABLE_OVERRIDES = ("epochs", "device", "backend", "data_dir", "eval_examples", "eval_steps",
                        "eval_batch_size", "out", "threads", "workers", "tensorboard")
@@ -114,17 +117,21 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config holding ``values``; :class:`ConfigError` for an unknown key or a value
+        of the wrong kind (e.g. a string where a number belongs)."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
             raise ConfigError(f"unknown config key(s) {unknown}")
+        check_kinds(values)
         return cls(**values)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def resolved(self) -> "TrainConfig":
-        """A validated copy with every framework/dataset default filled in."""
+        """A validated copy with every framework/dataset default filled in and ``data_dir``
+        made absolute (so a checkpoint's folder means the same from any directory)."""
         self.validate_names()
         model, eps, batch_size, padding, flip = DATASET_DEFAULTS[self.dataset]
         scale, margin, steps, start = FRAMEWORK_DEFAULTS[self.framework]
@@ -143,6 +150,7 @@ class TrainConfig:
             margin=_pick(self.margin, margin), crop_padding=_pick(self.crop_padding, padding),
             flip=_pick(self.flip, flip), device=device, schedule=schedule,
             milestones=[int(m) for m in _pick(self.milestones, halfway if schedule == "multistep" else [])],
+            data_dir=absolute_data_dir(self.data_dir),
         )
         out.validate()
         return out
@@ -159,12 +167,14 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid field."""
         self.validate_names()
+        check_kinds(self.to_dict())
         try:
             check_budget(self.eps, "eps", self.norm)
             check_budget(self.alpha, "alpha", self.norm)
         except BudgetError as error:
             raise ConfigError(str(error)) from None
         checks = [
+            ("seed", 0 <= self.seed < SEED_LIMIT, "must be an integer in [0, 2**63)"),
             ("steps", self.steps >= 0, "must be >= 0"),
             ("epochs", self.epochs >= 1, "must be >= 1"),
             ("batch_size", self.batch_size >= 1, "must be >= 1"),
@@ -201,12 +211,7 @@ class TrainConfig:
             raise ConfigError(f"fast-at takes one FGSM step, got steps={self.steps}")
         if self.framework == "free-at" and self.steps < 1:
             raise ConfigError(f"free-at needs steps (replays m) >= 1, got {self.steps}")
-        try:
-            device = torch.device(self.device)
-        except RuntimeError:
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"device {self.device!r} asked for, but torch sees no CUDA GPU")
+        check_device(self.device)
 
 
 CONFIG_SUFFIXES = (".toml", ".yaml", ".yml")
@@ -235,6 +240,39 @@ def _kind_ok(value, hint) -> bool:
     if typing.get_origin(hint) is list:
         return isinstance(value, list) and all(_kind_ok(v, typing.get_args(hint)[0]) for v in value)
     return False
+
+
+def check_kinds(values: dict) -> None:
+    """Raise :class:`ConfigError` for the first known field of ``values`` whose value is of
+    the wrong kind for it (:func:`_describe`) or a non-finite number (NaN, ±inf)."""
+    hints = _field_types()
+    for name, value in values.items():
+        if name not in hints:
+            continue
+        if not _kind_ok(value, hints[name]):
+            raise ConfigError(f"{name} = {value!r} is not a valid {name} "
+                              f"(expected {_describe(hints[name])})")
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_device(name: str) -> torch.device:
+    """The torch device ``name`` (cpu, cuda, cuda:N) if this machine has it, else
+    :class:`ConfigError` saying what to use instead."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU on this "
+                              "machine: use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"device {name!r} asked for, but torch sees {count} CUDA GPU(s): "
+                              f"use cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def _parse_file(path: Path) -> dict:
@@ -283,9 +321,10 @@ def read_config_file(path: str) -> dict:
                 value = parse_budget(value, name)
             except BudgetError as error:
                 raise ConfigError(f"{path}: {error}") from None
-        if not _kind_ok(value, hints[name]):
-            raise ConfigError(f"{path}: {name} = {value!r} is not a valid {name} "
-                              f"(expected {_describe(hints[name])})")
+        try:
+            check_kinds({name: value})
+        except ConfigError as error:
+            raise ConfigError(f"{path}: {error}") from None
         values[name] = value
     return values
 

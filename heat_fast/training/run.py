@@ -1,13 +1,18 @@
 """A ``heat-fast train`` run: configuration → data, model, optimizer, trainer → epochs with
 metrics, atomic checkpoints, a best checkpoint, a bit-exact resume and training curves.
 
-:func:`prepare` does every check and every read before anything is written (bad input
-never touches an existing checkpoint); :meth:`TrainingRun.run` trains.
+:func:`prepare` locks the output folder for the life of the run (one run per folder; see
+:mod:`heat_fast._output_folder`) and does every check and every read before anything is
+written (bad input never touches an existing checkpoint); :meth:`TrainingRun.run` trains;
+:meth:`TrainingRun.close` unlocks.
 
 Each epoch appends one line to ``metrics.jsonl``: lr, loss, the running train accuracies
 (defined precisely in the README's "What a run writes"), clean and PGD accuracy on a fixed test subset and, with
 ``val_split``, on the held-out validation examples, which then choose ``best.pt`` (else the
 test subset does, as the Bag-of-Tricks recipe did), the seconds and the torch thread count.
+Lines are standard JSON (null for a value that is not a finite number) and fsynced; a resume
+drops a torn last line (a write cut short) with a warning. A file that cannot be written
+(a full disk) raises :class:`RunWriteError`; ``last.pt`` then still holds the last epoch.
 
 Under ``torchrun`` every process runs the same code: each trains on its shard of every
 global batch (``batch_size`` is the global batch), rank 0 alone evaluates, writes metrics and
@@ -19,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
+import os
 import random
 import time
 from pathlib import Path
@@ -30,7 +35,9 @@ import torch
 from torch import Tensor
 
 from heat_fast import progress
-from heat_fast._files import atomic_write_text
+from heat_fast._files import (append_line, atomic_write_text, finite_or_none, read_json_lines,
+                              strict_json)
+from heat_fast._output_folder import Claim, claim
 from heat_fast.budget import format_eps
 from heat_fast.data import Augment, Dataset, ImageFolder, load_dataset_for
 from heat_fast.models import build_model
@@ -39,7 +46,7 @@ from heat_fast.threads import usable_cpus
 from heat_fast.training.checkpoint import (CheckpointError, capture_rng, load_checkpoint,
                                            restore_rng, save_checkpoint)
 from heat_fast.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainConfig
-from heat_fast.training.distributed import Distributed, rank_seed, setup
+from heat_fast.training.distributed import Distributed, launched_by_torchrun, rank_seed, setup
 from heat_fast.training.ema import WeightEMA
 from heat_fast.training.evaluate import evaluate_pgd
 from heat_fast.training.presets import preset
@@ -51,6 +58,11 @@ LAST, BEST, METRICS, CURVES, TENSORBOARD = ("last.pt", "best.pt", "metrics.jsonl
 EVAL_SEED_OFFSET = 1_000_003
 VAL_SEED_OFFSET = 7
 MAX_DEFAULT_WORKERS = 8
+COMMAND = "heat-fast train"
+
+
+class RunWriteError(RuntimeError):
+    """A file of the run could not be written (a full disk, a folder removed meanwhile)."""
 
 
 def build_config(values: Dict[str, object], preset_name: Optional[str] = None) -> TrainConfig:
@@ -67,7 +79,7 @@ def resume_config(saved: dict, values: Dict[str, object]) -> TrainConfig:
     for key, value in values.items():
         if key in RESUMABLE_OVERRIDES:
             setattr(config, key, value)
-        elif key != "preset" and getattr(config, key, None) != value:
+        elif getattr(config, key, None) != value:
             raise ConfigError(f"--resume continues the saved run, whose {key} is "
                               f"{getattr(config, key, None)!r}; got {value!r} (only "
                               f"{', '.join(RESUMABLE_OVERRIDES)} may change)")
@@ -107,6 +119,9 @@ class TrainingRun:
         self.start_epoch, self.best, self.ema = start_epoch, best or {}, ema
         self.show_progress = show_progress
         self.resumed_threads: Optional[int] = None  # the thread count of the run resumed
+        self.notes: List[str] = []  # lines for the user: a lock taken over, files cleaned up
+        self.data_source: Optional[str] = None  # "data: NAME from FOLDER (WHERE FROM)"
+        self.output_claim: Optional[Claim] = None  # the lock on ``out`` (rank 0, not dry runs)
 
     @property
     def model(self) -> torch.nn.Module:
@@ -131,9 +146,18 @@ class TrainingRun:
         """The evaluation set that chooses best.pt: "val" with a validation split, else "test"."""
         return "val" if "val" in self.eval_sets else "test"
 
+    @property
+    def finished(self) -> bool:
+        """True when a resumed run has no epoch left to train."""
+        return self.start_epoch >= self.config.epochs
+
     def close(self) -> None:
-        """Leave the process group, if any."""
-        self.trainer.leave_process_group()
+        """Unlock the output folder; leave the process group, if any."""
+        try:
+            self.trainer.leave_process_group()
+        finally:
+            if self.output_claim is not None:
+                self.output_claim.release()
 
     # --- the plan and its cost, for the progress display -------------------------------
     def unit_costs(self) -> Dict[str, float]:
@@ -257,21 +281,33 @@ class TrainingRun:
         ranks = self._rank_states()
         if not self.is_main:
             return
-        record = self._record(epoch, stats, evals, time.perf_counter() - t0)
-        with open(self.out / METRICS, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        chosen = record[f"{self.selects_on}_pgd_acc"]
-        improved = not self.best or chosen > self.best["pgd_acc"]
+        measured = self._record(epoch, stats, evals, time.perf_counter() - t0)
+        record = finite_or_none(measured)  # what metrics.jsonl holds: null for NaN / inf
+        self._write(METRICS, lambda path: append_line(path, strict_json(record)))
+        chosen, best = record[f"{self.selects_on}_pgd_acc"], self.best.get("pgd_acc")
+        improved = not self.best or (chosen is not None and (best is None or chosen > best))
         if improved:
             self.best = {"epoch": epoch, "on": self.selects_on, "pgd_acc": chosen,
                          "clean_acc": record[f"{self.selects_on}_clean_acc"]}
         state = self._checkpoint(epoch, ranks)
         if improved:
-            save_checkpoint(self.out / BEST, state)
-        save_checkpoint(self.out / LAST, state)
+            self._write(BEST, lambda path: save_checkpoint(path, state))
+        self._write(LAST, lambda path: save_checkpoint(path, state))
         if writer is not None:
             _log_scalars(writer, record)
-        log(self._epoch_line(record))
+        log(self._epoch_line(measured))
+
+    def _write(self, name: str, write: Callable[[Path], None]) -> None:
+        """``write(out / name)``; an OSError becomes :class:`RunWriteError` saying what to do."""
+        path = self.out / name
+        try:
+            write(path)
+        except OSError as error:
+            last = self.out / LAST
+            then = (f"{last} still holds the last finished epoch: continue with --resume --out "
+                    f"{self.out}") if last.exists() else "then run the command again"
+            raise RunWriteError(f"cannot write {path} ({error.strerror or error}): free some "
+                                f"space or fix the folder, {then}") from None
 
     def _tensorboard(self):
         if not self.config.tensorboard:
@@ -281,8 +317,10 @@ class TrainingRun:
 
     def _records(self) -> List[dict]:
         path = self.out / METRICS
-        lines = path.read_text().splitlines() if path.exists() else []
-        return [json.loads(line) for line in lines if line.strip()]
+        try:
+            return read_json_lines(path)[0] if path.exists() else []
+        except ValueError:  # a damaged file: the summary and curves go without it
+            return []
 
     def _plot_curves(self, log: Callable[[str], None]) -> None:
         from heat_fast.training.curves import plot_training_curves
@@ -298,6 +336,8 @@ class TrainingRun:
         except ImportError:
             log(f"note: matplotlib is not installed, so {CURVES} was not written "
                 "(pip install 'heat_fast[plot]')")
+        except OSError as error:
+            log(f"note: {CURVES} was not written ({error.strerror or error})")
 
     def _summary(self, seconds: float) -> dict:
         records = self._records() if self.is_main else []
@@ -356,12 +396,32 @@ def _best_record(saved: Optional[dict]) -> dict:
     return best
 
 
-def _truncate_metrics(path: Path, epoch: int) -> None:
+def _read_metrics(path: Path) -> Tuple[List[dict], Optional[str]]:
+    """(records, a warning about a torn last line or None); CheckpointError for damage."""
     if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["epoch"] <= epoch]
-    atomic_write_text(path, "".join(line + "\n" for line in kept))
+        return [], None
+    try:
+        records, torn = read_json_lines(path)
+    except ValueError as error:
+        raise CheckpointError(f"cannot resume: {error}") from None
+    if any(not isinstance(r.get("epoch"), int) for r in records):
+        raise CheckpointError(f"cannot resume: a line of {path} has no integer 'epoch': repair "
+                              "or delete that line")
+    warning = None if torn is None else (
+        f"warning: dropped the last line of {path}, cut short by an interrupted write: "
+        f"{torn[:60]!r}")
+    return records, warning
+
+
+def _truncate_metrics(records: List[dict], path: Path, epoch: int) -> None:
+    """Keep the metrics of epochs 1..``epoch`` (those the resumed checkpoint holds)."""
+    kept = [r for r in records if r["epoch"] <= epoch]
+    atomic_write_text(path, "".join(strict_json(r) + "\n" for r in kept))
+
+
+def _writes_files() -> bool:
+    """True on the process that writes the run's files: rank 0, or the only process."""
+    return not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
 
 
 def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = None,
@@ -375,22 +435,58 @@ def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = No
     (see :func:`resume_config`). Launched by torchrun, joins the process group
     (``dist_backend``: default nccl on CUDA, gloo on CPU; see
     :func:`heat_fast.training.distributed.setup`); call :meth:`TrainingRun.close` when done.
-    Raises ConfigError, DatasetError, CheckpointError, DistributedError or FileNotFoundError
-    (the ValueError, RuntimeError and OSError kinds) or BackendUnavailableError with a
-    message for the user.
+    Raises ConfigError, DatasetError, CheckpointError, DistributedError, OutputFolderError
+    (another run holds ``out``, or it cannot be written) or FileNotFoundError (the
+    ValueError, RuntimeError and OSError kinds) or BackendUnavailableError with a message
+    for the user.
     """
     if not config.out:
         raise ConfigError("--out DIR is required: the folder for metrics.jsonl and checkpoints")
     out = Path(config.out).expanduser()
+    owner = claim(out, COMMAND) if _writes_files() and not dry_run else None
+    try:
+        run = _prepare(config, out, resume_values, resume, overwrite, progress, dist_backend,
+                       dry_run)
+    except BaseException:
+        if owner is not None:
+            owner.release()
+        raise
+    run.output_claim = owner
+    if owner is not None:
+        run.notes[:0] = [n for n in (owner.note, owner.remove_stale_temp_files()) if n]
+    return run
+
+
+def _resumed(out: Path, resume_values: Dict[str, object]) -> Tuple[dict, TrainConfig]:
+    """The checkpoint ``out/last.pt`` and the config the resumed run continues with."""
+    path = out / LAST
+    state = load_checkpoint(path, map_location="cpu")
+    config = resume_config(state["config"], dict(resume_values, out=str(out))).resolved()
+    done = state["epoch"]
+    if not isinstance(done, int) or isinstance(done, bool) or done < 0:
+        raise CheckpointError(f"{path}: its epoch count {done!r} is not an integer >= 0")
+    if config.epochs < done:
+        raise ConfigError(f"--epochs {config.epochs} is fewer than the {done} epochs the run in "
+                          f"{out} has already trained: to train it longer, pass --resume "
+                          f"--epochs N with N > {done}")
+    return state, config
+
+
+def _prepare(config: TrainConfig, out: Path, resume_values: Optional[Dict[str, object]],
+             resume: bool, overwrite: bool, progress: bool, dist_backend: Optional[str],
+             dry_run: bool) -> TrainingRun:
     state = None
     if resume:
-        state = load_checkpoint(out / LAST, map_location="cpu")
-        config = resume_config(state["config"], dict(resume_values or {}, out=str(out)))
+        state, config = _resumed(out, dict(resume_values or {}))
     elif (out / LAST).exists() and not overwrite:
         raise ConfigError(f"{out / LAST} already exists: pass --resume to continue that run, "
                           "--overwrite to start over, or another --out")
-    config = config.resolved()
-    resolve_backend(config.backend, torch.device(config.device), torch.float32)
+    else:
+        config = config.resolved()
+    try:
+        resolve_backend(config.backend, torch.device(config.device), torch.float32)
+    except ValueError as error:  # HEAT_FAST_BACKEND names no backend
+        raise ConfigError(str(error)) from None
     if config.tensorboard:
         _check_tensorboard()
     workers = config.workers if config.workers is not None else min(MAX_DEFAULT_WORKERS, usable_cpus())
@@ -400,11 +496,17 @@ def prepare(config: TrainConfig, resume_values: Optional[Dict[str, object]] = No
                                  mean=list(data.mean), std=list(data.std))
     ctx = setup(config.device, dist_backend)
     try:
-        return _build(config, data, out, state, ctx, progress, dry_run)
+        run = _build(config, data, out, state, ctx, progress, dry_run)
     except BaseException:
         if ctx is not None:
             ctx.close()
         raise
+    folder = getattr(data, "extra", {}).get("path")
+    if folder:
+        given = "data_dir" in (resume_values or {}) or not resume
+        run.data_source = (f"data: {config.dataset} from {folder} "
+                           f"({'--data-dir' if given else 'the data_dir saved in the checkpoint'})")
+    return run
 
 
 def _check_tensorboard() -> None:
@@ -470,7 +572,10 @@ def _build(config: TrainConfig, data: Union[Dataset, ImageFolder], out: Path,
         return run
     out.mkdir(parents=True, exist_ok=True)
     if state is not None:
-        _truncate_metrics(out / METRICS, run.start_epoch)
+        records, warning = _read_metrics(out / METRICS)
+        if warning:
+            run.notes.append(warning)
+        _truncate_metrics(records, out / METRICS, run.start_epoch)
     else:
         for stale in (METRICS, CURVES):
             if (out / stale).exists():
