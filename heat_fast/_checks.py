@@ -98,6 +98,9 @@ def check_he_inputs(
     if classes < 2:
         raise ValueError(f"weight must have C >= 2 class rows, got shape {tuple(weight.shape)}")
     device = features.device
+    if target is not None and not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices, got "
+                        f"{type(target).__name__}")
     if weight.device != device or (target is not None and target.device != device):
         check_same_device(features=features, weight=weight, target=target)
     if target is None:
@@ -112,7 +115,10 @@ def check_cos_inputs(cos: torch.Tensor, target: torch.Tensor,
     if cos.dim() != 2 or cos.shape[0] < 1 or cos.shape[1] < 2:
         raise ValueError(f"cos must have shape (B, C) with B >= 1 and C >= 2, "
                          f"got {tuple(cos.shape)}")
-    check_same_device(cos=cos, target=target if isinstance(target, torch.Tensor) else None)
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor of class indices, got "
+                        f"{type(target).__name__}")
+    check_same_device(cos=cos, target=target)
     return check_target(target, cos.shape[0], cos.shape[1], check_labels)
 
 

@@ -229,3 +229,15 @@ def test_autocast_region_keeps_float32_math(backend):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=f"{backend} {name}")
     for name, g, e in zip(("d_features", "d_weight"), inside or (), expected[1:]):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7, msg=f"{backend} {name} inside")
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton", "native"])
+def test_target_given_as_a_list_is_a_clear_error(backend):
+    from conftest import require_backend
+
+    require_backend(backend)
+    x, w, _ = make_inputs(4, 3, 6, seed=16)
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        hf.he_cross_entropy(x, w, [0, 1, 2, 0], backend=backend)
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        hf.cos_margin_cross_entropy(torch.rand(4, 3), [0, 1, 2, 0], backend=backend)
