@@ -15,6 +15,7 @@ import torch
 
 from heat_fast.data import DATASET_NAMES
 from heat_fast.models import MODEL_NAMES
+from heat_fast.training import precision
 from heat_fast.training.crafting import STARTS
 from heat_fast.training.frameworks import FRAMEWORKS
 from heat_fast.training.schedules import SCHEDULES
@@ -42,7 +43,7 @@ FRAMEWORK_DEFAULTS = {
 }
 # fields a resumed run may change (everything else must match the checkpoint)
 RESUMABLE_OVERRIDES = ("epochs", "device", "backend", "data_dir", "eval_examples", "eval_steps",
-                       "eval_batch_size", "out")
+                       "eval_batch_size", "out", "compile")
 
 
 def _pick(value, default):
@@ -81,8 +82,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backend: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
+    # speed (heat_fast.training.precision): None = on where the device computes bf16 natively
+    bf16: Optional[bool] = None
+    channels_last: Optional[bool] = None
+    compile: bool = False
     sync_bn: bool = False
     max_steps_per_epoch: Optional[int] = None
     eval_examples: int = 500
@@ -127,6 +130,8 @@ class TrainConfig:
             milestones=[int(m) for m in _pick(self.milestones, halfway if schedule == "multistep" else [])],
         )
         out.validate()
+        fast = precision.resolve(out.device, out.bf16, out.channels_last)
+        out.bf16, out.channels_last = fast.bf16, fast.channels_last
         return out
 
     def validate_names(self) -> None:

@@ -132,6 +132,8 @@ class TrainingRun:
                       "train_adv_acc": stats["train_adv_acc"], "test_clean_acc": test["clean_acc"],
                       "test_pgd_acc": test["pgd_acc"], "eval_pgd_steps": cfg.eval_steps,
                       "eval_examples": int(self.test_x.shape[0]), "steps": stats["steps"],
+                      "precision": "bf16" if cfg.bf16 else "float32",
+                      "channels_last": cfg.channels_last, "compile": cfg.compile,
                       "train_seconds": round(stats["train_seconds"], 3),
                       "seconds": round(time.perf_counter() - t0, 3)}
             with open(self.out / METRICS, "a") as f:
@@ -257,6 +259,7 @@ def _build(config: TrainConfig, data: Dataset, out: Path, state: Optional[dict],
         model, optimizer, loader, config.framework, he=config.he, scale=config.scale,
         margin=config.margin, eps=config.eps, alpha=config.alpha, steps=config.steps,
         backend=config.backend, bf16=config.bf16, channels_last=config.channels_last,
+        compile=config.compile,
         scheduler=scheduler, scheduler_interval="batch", augment=augment, device=device,
         seed=rank_seed(config.seed + 1, rank), max_steps_per_epoch=config.max_steps_per_epoch,
         progress=progress, distributed=ctx, sync_bn=config.sync_bn,
