@@ -352,3 +352,46 @@ def test_malloc_tuning_stops_refaulting_freed_activations():
     tuned_ok, default, tuned = out.split()
     assert tuned_ok == "True"
     assert int(default) > 0 and int(tuned) <= int(default) / 3
+
+
+# --- BatchNorm folded into the convolutions while crafting ------------------------------
+
+@pytest.mark.parametrize("name", ["small-cnn", "resnet18"])
+def test_folded_batchnorm_gives_the_same_input_gradients_and_restores_the_model(name):
+    torch.manual_seed(0)
+    model = build_model(name, 10, True, 3, 16)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5), bn.bias.data.uniform_(-0.3, 0.3)
+    x, y = _images()
+    obj = Objective(True)
+    modules = list(model.named_modules())
+    grads = {}
+    for fold in (False, True):
+        with crafting.crafting(model, eval_mode=True, fold=fold):
+            if fold:  # every conv-BN pair of a Sequential runs as one convolution
+                kinds = [type(m).__name__ for m in model.modules()]
+                assert "_FoldedConv" in kinds and "BatchNorm2d" not in kinds
+            grads[fold] = crafting.input_gradient(lambda xa: obj.craft_loss(model, xa, y), x)
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-4 * grads[False].abs().max())
+    assert list(model.named_modules()) == modules and model.training
+
+    def failing(xa):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        pgd_attack(model, x, failing, EPS, 0.03, 1)
+    assert list(model.named_modules()) == modules
+
+
+def test_hooked_or_training_batchnorm_is_not_folded(digits):
+    data, x, y = digits
+    model = _model(data)
+    seen = []
+    model.body[0][1].register_forward_hook(lambda m, i, o: seen.append(1))
+    with crafting.crafting(model, eval_mode=True, fold=True):
+        model(x)
+        folded = [type(m).__name__ for m in model.modules()].count("_FoldedConv")
+    assert seen == [1] and folded == 2  # the hooked stage runs as written, the others fold
+    with crafting.crafting(model, eval_mode=False, fold=True):  # BN on batch statistics
+        assert "_FoldedConv" not in [type(m).__name__ for m in model.modules()]

@@ -74,3 +74,30 @@ def test_resnet_stem_depends_on_image_size():
     small = build_model("resnet18", 10, False, 3, 32)
     large = build_model("resnet18", 10, False, 3, 224)
     assert small.body[0].kernel_size == (3, 3) and large.body[0].kernel_size == (7, 7)
+
+
+def test_small_cnn_is_conv_bn_relu_stages_with_the_pool_after_the_second():
+    """The small CNN computes conv-BN-ReLU, conv-BN-ReLU, max-pool, conv-BN-ReLU, average pool
+    (its ReLU moved after the pool must change neither values nor input gradients), under
+    the parameter names of that layout."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, True, 3, 16)
+    assert [k for k in model.state_dict() if k.endswith("weight")] == [
+        "body.0.0.weight", "body.0.1.weight", "body.1.0.weight", "body.1.1.weight",
+        "body.3.0.weight", "body.3.1.weight", "head.weight"]
+    body = model.body
+
+    def reference(x):
+        h = torch.relu(body[0][1](body[0][0](x)))
+        h = nn.functional.max_pool2d(torch.relu(body[1][1](body[1][0](h))), 2)
+        return torch.relu(body[3][1](body[3][0](h))).mean((2, 3))
+
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for train in (False, True):
+        model.train(train)
+        got_x, want_x = (x.clone().requires_grad_() for _ in range(2))
+        got, want = model.features(got_x), reference((want_x - model.mean) / model.std)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        (g_got,) = torch.autograd.grad(got.square().sum(), got_x)
+        (g_want,) = torch.autograd.grad(want.square().sum(), want_x)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
