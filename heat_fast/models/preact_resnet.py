@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from heat_fast.models.base import GlobalAvgPool
+
 
 class _PreActBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -28,5 +30,5 @@ def preact_resnet18_body(in_channels: int = 3) -> nn.Sequential:
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         layers += [_PreActBlock(cin, cout, stride), _PreActBlock(cout, cout, 1)]
         cin = cout
-    layers += [nn.BatchNorm2d(512), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers += [nn.BatchNorm2d(512), nn.ReLU(), GlobalAvgPool()]
     return nn.Sequential(*layers)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from heat_fast.models.base import GlobalAvgPool
+
 
 def _conv_bn(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
     layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout)]
@@ -18,5 +20,5 @@ def small_cnn_body(in_channels: int = 1, width: int = 16) -> nn.Sequential:
     return nn.Sequential(
         _conv_bn(in_channels, width), _conv_bn(width, 2 * width, relu=False),
         nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True)),
-        _conv_bn(2 * width, 4 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        _conv_bn(2 * width, 4 * width), GlobalAvgPool(),
     )

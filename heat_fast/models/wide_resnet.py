@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from heat_fast.models.base import GlobalAvgPool
+
 
 class _Block(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int):
@@ -36,6 +38,5 @@ def wide_resnet_body(depth: int, widen: int, in_channels: int = 3) -> nn.Sequent
         for i in range(n):
             layers.append(_Block(widths[group - 1] if i == 0 else widths[group], widths[group],
                                  stride if i == 0 else 1))
-    layers += [nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-               nn.Flatten()]
+    layers += [nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True), GlobalAvgPool()]
     return nn.Sequential(*layers)
