@@ -356,8 +356,12 @@ def test_malloc_tuning_stops_refaulting_freed_activations():
 
 # --- BatchNorm folded into the convolutions while crafting ------------------------------
 
-@pytest.mark.parametrize("name", ["small-cnn", "resnet18"])
-def test_folded_batchnorm_gives_the_same_input_gradients_and_restores_the_model(name):
+@pytest.mark.parametrize("name,folds,kept", [
+    ("small-cnn", 3, 0),          # conv-BN(-ReLU) Sequentials
+    ("resnet18", 20, 0),          # stem, two per residual branch, three shortcuts
+    ("preact-resnet18", 8, 9),    # conv1 → bn2 of each block; pre-activation BNs stay
+])
+def test_folded_batchnorm_gives_the_same_input_gradients_and_restores_the_model(name, folds, kept):
     torch.manual_seed(0)
     model = build_model(name, 10, True, 3, 16)
     for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
@@ -368,10 +372,10 @@ def test_folded_batchnorm_gives_the_same_input_gradients_and_restores_the_model(
     modules = list(model.named_modules())
     grads = {}
     for fold in (False, True):
-        with crafting.crafting(model, eval_mode=True, fold=fold):
-            if fold:  # every conv-BN pair of a Sequential runs as one convolution
+        with crafting.crafting(model, eval_mode=True) if fold else crafting.crafting_mode(model):
+            if fold:
                 kinds = [type(m).__name__ for m in model.modules()]
-                assert "_FoldedConv" in kinds and "BatchNorm2d" not in kinds
+                assert (kinds.count("FoldedConv"), kinds.count("BatchNorm2d")) == (folds, kept)
             grads[fold] = crafting.input_gradient(lambda xa: obj.craft_loss(model, xa, y), x)
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-4 * grads[False].abs().max())
     assert list(model.named_modules()) == modules and model.training
@@ -389,9 +393,9 @@ def test_hooked_or_training_batchnorm_is_not_folded(digits):
     model = _model(data)
     seen = []
     model.body[0][1].register_forward_hook(lambda m, i, o: seen.append(1))
-    with crafting.crafting(model, eval_mode=True, fold=True):
+    with crafting.crafting(model, eval_mode=True):
         model(x)
-        folded = [type(m).__name__ for m in model.modules()].count("_FoldedConv")
+        folded = [type(m).__name__ for m in model.modules()].count("FoldedConv")
     assert seen == [1] and folded == 2  # the hooked stage runs as written, the others fold
-    with crafting.crafting(model, eval_mode=False, fold=True):  # BN on batch statistics
-        assert "_FoldedConv" not in [type(m).__name__ for m in model.modules()]
+    with crafting.crafting(model, eval_mode=False):  # BN on batch statistics
+        assert "FoldedConv" not in [type(m).__name__ for m in model.modules()]

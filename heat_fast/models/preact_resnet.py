@@ -7,6 +7,8 @@ from heat_fast.models.base import GlobalAvgPool
 
 
 class _PreActBlock(nn.Module):
+    conv_bn_pairs = (("conv1", "bn2"),)  # conv1's output feeds bn2 only (heat_fast.training.folding)
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)

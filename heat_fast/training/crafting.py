@@ -5,8 +5,10 @@ framework's backend, on the batch's own memory layout (a channels_last batch is 
 place of its NHWC memory, without layout copies). Input gradients come from
 ``torch.autograd.grad`` with every parameter's ``requires_grad`` off (:func:`crafting`), so
 crafting neither touches the parameters' ``.grad`` nor computes weight gradients, eager or
-compiled. One step (:func:`attack_step`) makes no host synchronisation and no data-dependent
-Python branch: it compiles with ``fullgraph=True`` and can be captured in a CUDA graph.
+compiled; eval-mode BatchNorm runs folded into the convolution before it
+(:mod:`heat_fast.training.folding`). One step (:func:`attack_step`) makes no host
+synchronisation and no data-dependent Python branch: it compiles with ``fullgraph=True`` and
+can be captured in a CUDA graph.
 """
 from __future__ import annotations
 
@@ -14,10 +16,10 @@ import contextlib
 from typing import Callable, Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from heat_fast.ops import pgd_step, random_init
+from heat_fast.training.folding import folded_batchnorm
 
 STARTS = ("uniform", "normal", "none")
 NORMAL_START_STD = 0.001
@@ -54,68 +56,13 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
             p.requires_grad_(True)
 
 
-class _FoldedConv(nn.Module):
-    """A Conv2d followed by an eval-mode BatchNorm2d, as one convolution with the BN's affine
-    map folded into its weight and bias (computed once, from the weights of the moment)."""
-
-    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d):
-        super().__init__()
-        with torch.no_grad():
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            shift = -bn.running_mean * scale
-            if bn.affine:
-                scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-            if conv.bias is not None:
-                shift = shift + conv.bias * scale
-            self.weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-            self.bias = shift
-        self.conv = conv
-
-    def forward(self, x: Tensor) -> Tensor:
-        c = self.conv
-        return F.conv2d(x, self.weight, self.bias, c.stride, c.padding, c.dilation, c.groups)
-
-
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
-
-
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    """An exact nn.Conv2d (zero padding) then an exact eval-mode nn.BatchNorm2d with running
-    statistics, neither hooked (a hook must see its module run)."""
-    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and conv.padding_mode == "zeros"
-            and not bn.training and bn.running_var is not None
-            and bn.num_features == conv.out_channels and not (_hooked(conv) or _hooked(bn)))
-
-
 @contextlib.contextmanager
-def folded_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Within every nn.Sequential of ``model``, run each Conv2d → eval-mode BatchNorm2d pair
-    (see :func:`_foldable`) as one folded convolution, and put the modules back on exit
-    (also when the body raises). For frozen weights only: the fold is computed on entry."""
-    swapped = []
-    for seq in [m for m in model.modules() if type(m) is nn.Sequential]:
-        keys = list(seq._modules)
-        for first, second in zip(keys, keys[1:]):
-            conv, bn = seq._modules[first], seq._modules[second]
-            if conv is not None and bn is not None and _foldable(conv, bn):
-                swapped.append((seq, first, second, conv, bn))
-    try:
-        for seq, first, second, conv, bn in swapped:
-            seq._modules[first], seq._modules[second] = _FoldedConv(conv, bn), nn.Identity()
-        yield
-    finally:
-        for seq, first, second, conv, bn in swapped:
-            seq._modules[first], seq._modules[second] = conv, bn
-
-
-@contextlib.contextmanager
-def crafting(model: nn.Module, eval_mode: bool = True, fold: bool = False) -> Iterator[None]:
-    """:func:`crafting_mode` and :func:`frozen_parameters` together: the state of an attack;
-    with ``fold`` (and ``eval_mode``) also :func:`folded_batchnorm`."""
+def crafting(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
+    """The state of an attack: :func:`crafting_mode` and :func:`frozen_parameters`, and with
+    ``eval_mode`` the BatchNorm layers folded into their convolutions where they can be
+    (:func:`heat_fast.training.folding.folded_batchnorm`)."""
     with crafting_mode(model, eval_mode), frozen_parameters(model):
-        with folded_batchnorm(model) if fold and eval_mode else contextlib.nullcontext():
+        with folded_batchnorm(model) if eval_mode else contextlib.nullcontext():
             yield
 
 
@@ -186,13 +133,12 @@ def attack_step(loss_fn: Callable[[Tensor], Tensor], x_adv: Tensor, x_nat: Tenso
 
 def run_attack(model: nn.Module, x: Tensor, iterate: Callable[[Tensor, Tensor], Tensor],
                eps: float, start: str = "uniform", generator: Optional[torch.Generator] = None,
-               norm: str = "linf", eval_mode: bool = True, backend: str = "auto",
-               fold: bool = False) -> Tensor:
+               norm: str = "linf", eval_mode: bool = True, backend: str = "auto") -> Tensor:
     """``iterate(x_start, x)`` from :func:`start_point`, with ``model`` in :func:`crafting`
-    state (eval mode if ``eval_mode``, parameters frozen, BN folded if ``fold``); returns
-    its result detached."""
+    state (eval mode, BN folded, if ``eval_mode``; parameters frozen); returns its result
+    detached."""
     x = x.detach()
-    with crafting(model, eval_mode, fold):
+    with crafting(model, eval_mode):
         x_adv = iterate(start_point(x, eps, start, generator, norm, backend), x)
     return x_adv.detach()
 
@@ -204,14 +150,12 @@ def pgd_attack(model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Tensor],
     """Maximize ``loss_fn(x_adv)`` over the ε-ball around x (inputs in [0, 1]).
 
     ``steps`` projected steps of size ``alpha`` (:func:`attack_step`) from
-    :func:`start_point`, run by :func:`run_attack` with BatchNorm folded into the convolutions
-    before it where it can be (:func:`folded_batchnorm`). Returns the detached adversarial
-    batch in x's memory layout; x is not modified.
+    :func:`start_point`, run by :func:`run_attack`. Returns the detached adversarial batch in
+    x's memory layout; x is not modified.
     """
     def iterate(x_adv: Tensor, x_nat: Tensor) -> Tensor:
         for _ in range(steps):
             x_adv = attack_step(loss_fn, x_adv, x_nat, eps, alpha, norm, backend)
         return x_adv
 
-    return run_attack(model, x, iterate, eps, start, generator, norm, eval_mode, backend,
-                      fold=True)
+    return run_attack(model, x, iterate, eps, start, generator, norm, eval_mode, backend)
