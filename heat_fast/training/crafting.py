@@ -77,10 +77,12 @@ def input_gradient(loss_fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     return grad
 
 
-def _channels_last(t: Tensor) -> bool:
-    """A 4-D batch laid out channels_last (and not also plain contiguous)."""
+def _channels_last(t: Tensor, *budgets: object) -> bool:
+    """A 4-D batch laid out channels_last (and not also plain contiguous), with budgets that
+    are plain numbers (a tensor budget may broadcast over the NCHW dimensions)."""
     return (t.dim() == 4 and not t.is_contiguous()
-            and t.is_contiguous(memory_format=torch.channels_last))
+            and t.is_contiguous(memory_format=torch.channels_last)
+            and all(isinstance(b, (int, float)) for b in budgets))
 
 
 def _nhwc(t: Tensor) -> Tensor:
@@ -99,10 +101,11 @@ def project(x_adv: Tensor, grad: Tensor, x_nat: Tensor, eps: float, alpha: float
     """:func:`heat_fast.pgd_step` in x_adv's memory layout.
 
     The step is per element (L∞) or per sample (L2), so it may run on any order of a
-    sample's elements: a channels_last batch is stepped as its contiguous NHWC memory and
-    comes back channels_last, where pgd_step alone would copy each input to NCHW.
+    sample's elements: a channels_last batch with number budgets is stepped as its contiguous
+    NHWC memory and comes back channels_last, where pgd_step alone would copy each input to
+    NCHW.
     """
-    if _channels_last(x_adv):
+    if _channels_last(x_adv, eps, alpha):
         return _nchw(pgd_step(_nhwc(x_adv), _nhwc(grad), _nhwc(x_nat), eps, alpha, norm=norm,
                               clip=clip, backend=backend))
     return pgd_step(x_adv, grad, x_nat, eps, alpha, norm=norm, clip=clip, backend=backend)
@@ -116,7 +119,7 @@ def start_point(x: Tensor, eps: float, start: str, generator: Optional[torch.Gen
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     if start == "none":
         return x.clone()
-    layout_view, back = (_nhwc, _nchw) if _channels_last(x) else (lambda t: t, lambda t: t)
+    layout_view, back = (_nhwc, _nchw) if _channels_last(x, eps) else (lambda t: t, lambda t: t)
     view = layout_view(x)
     if start == "uniform":
         return back(random_init(view, eps, norm, generator=generator, backend=backend))
