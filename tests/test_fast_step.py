@@ -399,3 +399,29 @@ def test_hooked_or_training_batchnorm_is_not_folded(digits):
     assert seen == [1] and folded == 2  # the hooked stage runs as written, the others fold
     with crafting.crafting(model, eval_mode=False):  # BN on batch statistics
         assert "FoldedConv" not in [type(m).__name__ for m in model.modules()]
+
+
+# --- the CLI prints and records the settings ---------------------------------------------
+
+@pytest.mark.parametrize("flags,bf16,channels_last", [
+    ([], None, None), (["--fp32", "--no-channels-last"], False, False), (["--bf16"], True, None)])
+def test_cli_prints_and_records_precision_and_layout(tmp_path, capsys, flags, bf16, channels_last):
+    import json
+
+    from heat_fast.cli.train import main
+
+    auto = precision.fast_path("cpu")
+    bf16 = auto.bf16 if bf16 is None else bf16
+    channels_last = auto.channels_last if channels_last is None else channels_last
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--epochs", "1", "--max-steps-per-epoch", "1", "--steps", "1",
+            "--eval-examples", "8", "--eval-steps", "1", "--no-progress", "--device", "cpu",
+            "--out", str(out), *flags]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"speed: {precision.describe('cpu', bf16, channels_last)}, compile off" in printed
+    (record,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert (record["precision"], record["channels_last"], record["compile"]) == (
+        "bf16" if bf16 else "float32", channels_last, False)
+    config = torch.load(out / "last.pt", weights_only=True)["config"]
+    assert (config["bf16"], config["channels_last"], config["compile"]) == (bf16, channels_last, False)
