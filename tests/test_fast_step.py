@@ -16,6 +16,7 @@ from heat_fast.models import build_model
 from heat_fast.training import Objective, Trainer, TrainConfig, build_framework, pgd_attack
 from heat_fast.training import precision
 from heat_fast.training.compiled import CompiledAttack
+from heat_fast.training.folding import CraftingConv
 from heat_fast.training.evaluate import evaluate_pgd
 
 EPS = 0.1
@@ -375,7 +376,7 @@ def test_folded_batchnorm_gives_the_same_input_gradients_and_restores_the_model(
         with crafting.crafting(model, eval_mode=True) if fold else crafting.crafting_mode(model):
             if fold:
                 kinds = [type(m).__name__ for m in model.modules()]
-                assert (kinds.count("FoldedConv"), kinds.count("BatchNorm2d")) == (folds, kept)
+                assert (kinds.count("CraftingConv"), kinds.count("BatchNorm2d")) == (folds, kept)
             grads[fold] = crafting.input_gradient(lambda xa: obj.craft_loss(model, xa, y), x)
     torch.testing.assert_close(grads[True], grads[False], rtol=1e-4, atol=1e-4 * grads[False].abs().max())
     assert list(model.named_modules()) == modules and model.training
@@ -395,10 +396,10 @@ def test_hooked_or_training_batchnorm_is_not_folded(digits):
     model.body[0][1].register_forward_hook(lambda m, i, o: seen.append(1))
     with crafting.crafting(model, eval_mode=True):
         model(x)
-        folded = [type(m).__name__ for m in model.modules()].count("FoldedConv")
+        folded = [type(m).__name__ for m in model.modules()].count("CraftingConv")
     assert seen == [1] and folded == 2  # the hooked stage runs as written, the others fold
     with crafting.crafting(model, eval_mode=False):  # BN on batch statistics
-        assert "FoldedConv" not in [type(m).__name__ for m in model.modules()]
+        assert "CraftingConv" not in [type(m).__name__ for m in model.modules()]
 
 
 # --- the CLI prints and records the settings ---------------------------------------------
@@ -425,3 +426,19 @@ def test_cli_prints_and_records_precision_and_layout(tmp_path, capsys, flags, bf
         "bf16" if bf16 else "float32", channels_last, False)
     config = torch.load(out / "last.pt", weights_only=True)["config"]
     assert (config["bf16"], config["channels_last"], config["compile"]) == (bf16, channels_last, False)
+
+
+def test_bf16_crafting_convolutions_hold_the_weights_autocast_would_cast():
+    """Weights cast to bf16 once per attack give exactly the values autocast casts at every
+    call: with BN on batch statistics (nothing folds) the input gradients are bitwise equal."""
+    torch.manual_seed(0)
+    model = build_model("preact-resnet18", 10, True, 3, 16).train()
+    x, y = _images()
+    obj = Objective(True, bf16=True)
+    grads = []
+    for dtype in (None, torch.bfloat16):
+        with crafting.crafting(model, eval_mode=False, dtype=dtype):
+            convs = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, CraftingConv))]
+            assert all(isinstance(m, CraftingConv) == (dtype is not None) for m in convs)
+            grads.append(crafting.input_gradient(lambda xa: obj.craft_loss(model, xa, y), x))
+    assert torch.equal(grads[0], grads[1]) and grads[1].dtype == torch.float32

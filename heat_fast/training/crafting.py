@@ -5,8 +5,8 @@ framework's backend, on the batch's own memory layout (a channels_last batch is 
 place of its NHWC memory, without layout copies). Input gradients come from
 ``torch.autograd.grad`` with every parameter's ``requires_grad`` off (:func:`crafting`), so
 crafting neither touches the parameters' ``.grad`` nor computes weight gradients, eager or
-compiled; eval-mode BatchNorm runs folded into the convolution before it
-(:mod:`heat_fast.training.folding`). One step (:func:`attack_step`) makes no host
+compiled; eval-mode BatchNorm runs folded into the convolution before it and convolution
+weights are cast to the autocast dtype once per attack (:mod:`heat_fast.training.folding`). One step (:func:`attack_step`) makes no host
 synchronisation and no data-dependent Python branch: it compiles with ``fullgraph=True`` and
 can be captured in a CUDA graph.
 """
@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from heat_fast.ops import pgd_step, random_init
-from heat_fast.training.folding import folded_batchnorm
+from heat_fast.training.folding import crafting_convolutions
 
 STARTS = ("uniform", "normal", "none")
 NORMAL_START_STD = 0.001
@@ -57,12 +57,14 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def crafting(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
-    """The state of an attack: :func:`crafting_mode` and :func:`frozen_parameters`, and with
-    ``eval_mode`` the BatchNorm layers folded into their convolutions where they can be
-    (:func:`heat_fast.training.folding.folded_batchnorm`)."""
+def crafting(model: nn.Module, eval_mode: bool = True,
+             dtype: Optional[torch.dtype] = None) -> Iterator[None]:
+    """The state of an attack: :func:`crafting_mode`, :func:`frozen_parameters`, and the
+    convolutions with eval-mode BatchNorm folded in and weights cast once to ``dtype``, the
+    autocast dtype of the attack's forward (None: as they are;
+    :func:`heat_fast.training.folding.crafting_convolutions`)."""
     with crafting_mode(model, eval_mode), frozen_parameters(model):
-        with folded_batchnorm(model) if eval_mode else contextlib.nullcontext():
+        with crafting_convolutions(model, dtype):
             yield
 
 
@@ -136,12 +138,12 @@ def attack_step(loss_fn: Callable[[Tensor], Tensor], x_adv: Tensor, x_nat: Tenso
 
 def run_attack(model: nn.Module, x: Tensor, iterate: Callable[[Tensor, Tensor], Tensor],
                eps: float, start: str = "uniform", generator: Optional[torch.Generator] = None,
-               norm: str = "linf", eval_mode: bool = True, backend: str = "auto") -> Tensor:
-    """``iterate(x_start, x)`` from :func:`start_point`, with ``model`` in :func:`crafting`
-    state (eval mode, BN folded, if ``eval_mode``; parameters frozen); returns its result
-    detached."""
+               norm: str = "linf", eval_mode: bool = True, backend: str = "auto",
+               dtype: Optional[torch.dtype] = None) -> Tensor:
+    """``iterate(x_start, x)`` from :func:`start_point`, with ``model`` in
+    :func:`crafting` state; returns its result detached."""
     x = x.detach()
-    with crafting(model, eval_mode):
+    with crafting(model, eval_mode, dtype):
         x_adv = iterate(start_point(x, eps, start, generator, norm, backend), x)
     return x_adv.detach()
 
@@ -149,16 +151,19 @@ def run_attack(model: nn.Module, x: Tensor, iterate: Callable[[Tensor, Tensor], 
 def pgd_attack(model: nn.Module, x: Tensor, loss_fn: Callable[[Tensor], Tensor], eps: float,
                alpha: float, steps: int, start: str = "uniform",
                generator: Optional[torch.Generator] = None, norm: str = "linf",
-               eval_mode: bool = True, backend: str = "auto") -> Tensor:
+               eval_mode: bool = True, backend: str = "auto",
+               dtype: Optional[torch.dtype] = None) -> Tensor:
     """Maximize ``loss_fn(x_adv)`` over the ε-ball around x (inputs in [0, 1]).
 
     ``steps`` projected steps of size ``alpha`` (:func:`attack_step`) from
-    :func:`start_point`, run by :func:`run_attack`. Returns the detached adversarial batch in
-    x's memory layout; x is not modified.
+    :func:`start_point`, run by :func:`run_attack`; ``dtype`` is the autocast dtype under
+    which ``loss_fn`` runs the model (e.g. torch.bfloat16), if any, so that the convolution
+    weights are cast once per attack (see :func:`crafting`). Returns the detached adversarial
+    batch in x's memory layout; x is not modified.
     """
     def iterate(x_adv: Tensor, x_nat: Tensor) -> Tensor:
         for _ in range(steps):
             x_adv = attack_step(loss_fn, x_adv, x_nat, eps, alpha, norm, backend)
         return x_adv
 
-    return run_attack(model, x, iterate, eps, start, generator, norm, eval_mode, backend)
+    return run_attack(model, x, iterate, eps, start, generator, norm, eval_mode, backend, dtype)

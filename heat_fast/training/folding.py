@@ -1,69 +1,75 @@
-"""BatchNorm folded into the convolution before it, while an attack crafts.
+"""The convolutions an attack runs: BatchNorm folded in, weights cast once per attack.
 
-In eval mode a BatchNorm2d is a per-channel affine map y = a·x + b (a = γ / √(var + eps),
-b = β − a·mean); after a convolution it folds into that convolution: weight W·a, bias
-a·bias + b. While an attack crafts, the weights are frozen and BN runs on its running
-statistics, so each conv → BN pair can run as one convolution, which saves the BN's forward
-and backward at every attack step. :func:`folded_batchnorm` swaps the pairs it finds for the
-duration of a ``with`` block:
+While an attack crafts, the weights are frozen and BatchNorm runs on its running statistics,
+so two things that a training forward must redo at every call can be done once per attack:
 
-- adjacent ``Conv2d``, ``BatchNorm2d`` entries of any ``nn.Sequential``;
-- the (conv, bn) attribute names a module lists in its ``conv_bn_pairs`` (for blocks whose
-  forward feeds one convolution's output only into one BN, as PreAct's conv1 → bn2).
+- an eval-mode BatchNorm2d after a convolution is a per-channel affine map y = a·x + b
+  (a = γ / √(var + eps), b = β − a·mean) and folds into that convolution: weight W·a, bias
+  a·bias + b. That saves the BN's forward and backward at every attack step;
+- under bf16 autocast every convolution casts its float32 weight to bf16 at every call; a
+  weight cast once per attack saves a read and a write of every weight per step (and, as
+  autocast casts the same way, changes no value).
 
-A pair is folded only if the modules are exactly ``nn.Conv2d`` (zero padding) and
-``nn.BatchNorm2d``, the BN is in eval mode with running statistics, and neither has hooks
-(a hook must see its module run). The folded convolution of a BN is made once and refreshed
-in place on every entry, so a compiled or CUDA-graph-captured attack reads the same tensors
-at every call.
+:func:`crafting_convolutions` swaps each plain ``nn.Conv2d`` (zero padding, no hooks) that
+has such work to save for a :class:`CraftingConv` for the duration of a ``with`` block, and
+its BN for an identity where one follows it: adjacent ``Conv2d``, ``BatchNorm2d`` entries of
+an ``nn.Sequential``, or the (conv, bn) attribute names a module lists in its
+``conv_bn_pairs`` (blocks whose forward feeds one convolution's output only into one BN, as
+PreAct's conv1 → bn2). A BN folds only if it is exactly ``nn.BatchNorm2d``, in eval mode,
+with running statistics and no hooks. The crafting convolution of a conv is made once and
+refreshed in place on every entry, so a compiled or CUDA-graph-captured attack reads the same
+tensors at every call.
 """
 from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# BN -> its folded convolution (the value holds the conv, not the BN)
-_FOLDS: "weakref.WeakKeyDictionary[nn.BatchNorm2d, FoldedConv]" = weakref.WeakKeyDictionary()
+# conv -> its crafting convolution (which holds no reference to the conv)
+_SHADOWS: "weakref.WeakKeyDictionary[nn.Conv2d, CraftingConv]" = weakref.WeakKeyDictionary()
 _IDENTITY = nn.Identity()  # stands in for every folded BN (stateless, so one serves all)
 
 
-class FoldedConv(nn.Module):
-    """``conv`` followed by the eval-mode ``bn`` as one convolution; :meth:`refresh` computes
-    the folded weight and bias (non-persistent buffers) from the current weights."""
+class CraftingConv(nn.Module):
+    """A frozen ``nn.Conv2d`` with the eval-mode BN after it (if any) folded in, its weight
+    and bias (non-persistent buffers) in ``dtype``; :meth:`refresh` recomputes them."""
 
-    def __init__(self, conv: nn.Conv2d):
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype):
         super().__init__()
-        self.conv = conv
-        self.register_buffer("weight", torch.empty_like(conv.weight), persistent=False)
-        self.register_buffer("bias", conv.weight.new_empty(conv.out_channels), persistent=False)
+        self.stride, self.padding = conv.stride, conv.padding
+        self.dilation, self.groups = conv.dilation, conv.groups
+        self.register_buffer("weight", torch.empty_like(conv.weight, dtype=dtype), persistent=False)
+        self.register_buffer("bias", conv.weight.new_empty(conv.out_channels, dtype=dtype),
+                             persistent=False)
 
-    def fits(self, conv: nn.Conv2d) -> bool:
-        """Whether the buffers still match ``conv`` (the same module, weight shape, dtype,
-        device and strides)."""
+    def fits(self, conv: nn.Conv2d, dtype: torch.dtype) -> bool:
+        """Whether the buffers still match ``conv`` in shape, device and strides, and ``dtype``."""
         w = conv.weight
-        return (conv is self.conv and self.weight.shape == w.shape and self.weight.dtype == w.dtype
+        return (self.weight.shape == w.shape and self.weight.dtype == dtype
                 and self.weight.device == w.device and self.weight.stride() == w.stride())
 
     @torch.no_grad()
-    def refresh(self, bn: nn.BatchNorm2d) -> "FoldedConv":
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        shift = -bn.running_mean * scale
-        if bn.affine:
-            scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-        if self.conv.bias is not None:
-            shift = shift + self.conv.bias * scale
-        torch.mul(self.conv.weight, scale.view(-1, 1, 1, 1), out=self.weight)
-        self.bias.copy_(shift)
+    def refresh(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> "CraftingConv":
+        weight = conv.weight
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(self.bias, dtype=weight.dtype)
+        if bn is not None:
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            shift = -bn.running_mean * scale
+            if bn.affine:
+                scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+            weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale + shift
+        self.weight.copy_(weight)
+        self.bias.copy_(bias)
         return self
 
     def forward(self, x: Tensor) -> Tensor:
-        c = self.conv
-        return F.conv2d(x, self.weight, self.bias, c.stride, c.padding, c.dilation, c.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
 
 
 def _hooked(module: nn.Module) -> bool:
@@ -71,43 +77,68 @@ def _hooked(module: nn.Module) -> bool:
                 or module._backward_pre_hooks)
 
 
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
-    return (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and conv.padding_mode == "zeros"
-            and not bn.training and bn.running_var is not None
-            and bn.num_features == conv.out_channels and not (_hooked(conv) or _hooked(bn)))
+def _plain_conv(module: Optional[nn.Module]) -> bool:
+    return (type(module) is nn.Conv2d and module.padding_mode == "zeros"
+            and not _hooked(module))
 
 
-def _pairs(model: nn.Module) -> List[Tuple[nn.Module, str, str]]:
-    """(parent, conv name, bn name) of every foldable pair in ``model``."""
+def _foldable(conv: nn.Conv2d, bn: Optional[nn.Module]) -> bool:
+    return (type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None
+            and bn.num_features == conv.out_channels and not _hooked(bn))
+
+
+def _bn_after(parent: nn.Module) -> Dict[str, str]:
+    """conv name -> name of the BN that consumes its output, among ``parent``'s children."""
+    names = list(parent._modules)
+    pairs = (zip(names, names[1:]) if type(parent) is nn.Sequential
+             else getattr(parent, "conv_bn_pairs", ()))
+    return dict(pairs)
+
+
+def _swaps(model: nn.Module, dtype: Optional[torch.dtype]
+           ) -> List[Tuple[nn.Module, str, Optional[str]]]:
+    """(parent, conv name, name of the BN to fold or None) of every conv worth swapping."""
     found = []
     for parent in model.modules():
-        names = list(parent._modules)
-        candidates = (list(zip(names, names[1:])) if type(parent) is nn.Sequential
-                      else list(getattr(parent, "conv_bn_pairs", ())))
-        for conv_name, bn_name in candidates:
-            conv, bn = parent._modules.get(conv_name), parent._modules.get(bn_name)
-            if conv is not None and bn is not None and _foldable(conv, bn):
-                found.append((parent, conv_name, bn_name))
+        bn_after = _bn_after(parent)
+        for name, conv in parent._modules.items():
+            if not _plain_conv(conv):
+                continue
+            bn_name = bn_after.get(name)
+            if not _foldable(conv, parent._modules.get(bn_name) if bn_name else None):
+                bn_name = None
+            if bn_name is not None or (dtype is not None and dtype != conv.weight.dtype):
+                found.append((parent, name, bn_name))
     return found
 
 
-def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> FoldedConv:
-    fold = _FOLDS.get(bn)
-    if fold is None or not fold.fits(conv):
-        fold = _FOLDS[bn] = FoldedConv(conv)
-    return fold.refresh(bn)
+def _shadow(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], dtype: torch.dtype) -> CraftingConv:
+    shadow = _SHADOWS.get(conv)
+    if shadow is None or not shadow.fits(conv, dtype):
+        shadow = _SHADOWS[conv] = CraftingConv(conv, dtype)
+    return shadow.refresh(conv, bn)
 
 
 @contextlib.contextmanager
-def folded_batchnorm(model: nn.Module) -> Iterator[None]:
-    """Run every foldable conv → BN pair of ``model`` (see the module docstring) as one
-    folded convolution inside the block; the modules are put back on exit, also when the
-    block raises. For frozen weights only: the folds are computed on entry."""
-    swapped = [(parent, c, b, parent._modules[c], parent._modules[b]) for parent, c, b in _pairs(model)]
+def crafting_convolutions(model: nn.Module, dtype: Optional[torch.dtype] = None
+                          ) -> Iterator[None]:
+    """Inside the block, run ``model``'s convolutions as :class:`CraftingConv` (see the
+    module docstring): with every foldable BN folded in, and in ``dtype`` (the autocast dtype
+    the attack runs under; None: the weights' own). The modules are put back on exit, also
+    when the block raises. For frozen weights only: the swaps are computed on entry."""
+    swapped = []
+    for parent, name, bn_name in _swaps(model, dtype):
+        conv = parent._modules[name]
+        bn = parent._modules[bn_name] if bn_name is not None else None
+        swapped.append((parent, name, conv, bn_name, bn))
     try:
-        for parent, c, b, conv, bn in swapped:
-            parent._modules[c], parent._modules[b] = _folded(conv, bn), _IDENTITY
+        for parent, name, conv, bn_name, bn in swapped:
+            parent._modules[name] = _shadow(conv, bn, dtype or conv.weight.dtype)
+            if bn_name is not None:
+                parent._modules[bn_name] = _IDENTITY
         yield
     finally:
-        for parent, c, b, conv, bn in swapped:
-            parent._modules[c], parent._modules[b] = conv, bn
+        for parent, name, conv, bn_name, bn in swapped:
+            parent._modules[name] = conv
+            if bn_name is not None:
+                parent._modules[bn_name] = bn

@@ -55,6 +55,11 @@ class Objective:
     def __post_init__(self):
         _checks.check_scale_margin(self.scale, self.margin)
 
+    @property
+    def compute_dtype(self) -> Optional[torch.dtype]:
+        """The autocast dtype the model runs under (torch.bfloat16 or None)."""
+        return torch.bfloat16 if self.bf16 else None
+
     def autocast(self, device: torch.device) -> ContextManager:
         """bf16 autocast on ``device`` when enabled, else a no-op context."""
         if not self.bf16:

@@ -84,16 +84,17 @@ class Framework:
         the plain model inside a DDP wrapper: crafting never goes through DDP. With
         ``objective.compile`` the K steps run as a :class:`CompiledAttack`."""
         net = unwrap(model)
-        backend = self.objective.backend
+        backend, dtype = self.objective.backend, self.objective.compute_dtype
         if not self.objective.compile:
             return pgd_attack(net, x, lambda xa: self.craft_loss(net, xa, target), self.eps,
                               self.alpha, self.steps, self.start, self.generator, self.norm,
-                              self.eval_mode, backend)
+                              self.eval_mode, backend, dtype)
         if self._compiled is None:
             self._compiled = CompiledAttack(self._craft_step)
         compiled = self._compiled
         return run_attack(net, x, lambda x_adv, x_nat: compiled(net, x_adv, x_nat, target, self.steps),
-                          self.eps, self.start, self.generator, self.norm, self.eval_mode, backend)
+                          self.eps, self.start, self.generator, self.norm, self.eval_mode, backend,
+                          dtype)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
         raise NotImplementedError
