@@ -28,18 +28,6 @@ def _channel_buffer(name: str, values: Optional[Sequence[float]], channels: int,
     return torch.tensor(values, dtype=torch.float32).view(1, channels, 1, 1)
 
 
-class GlobalAvgPool(nn.Module):
-    """(B, C, H, W) → (B, C), the mean over H and W.
-
-    As ``AdaptiveAvgPool2d(1)`` + ``Flatten``, but its backward hands the layer below an
-    expanded gradient (the sum's; the division is on the (B, C) result) rather than an NCHW
-    one: with channels_last activations an NCHW gradient puts that layer's backward (a
-    ReLU's) on a slow mixed-layout path (bf16, 128×64×16×16 on one core: 22 ms, not 0.3 ms)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x.sum((2, 3)) / (x.shape[2] * x.shape[3])
-
-
 class Classifier(nn.Module):
     """Normalize → body → head; see the module docstring.
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from heat_fast.models.base import GlobalAvgPool
+from heat_fast.models.pooling import GlobalAvgPool
 
 
 class _PreActBlock(nn.Module):

@@ -9,7 +9,7 @@ from typing import Sequence, Type, Union
 
 from torch import Tensor, nn
 
-from heat_fast.models.base import GlobalAvgPool
+from heat_fast.models.pooling import GlobalAvgPool
 
 SMALL_IMAGE_LIMIT = 64
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from heat_fast.models.base import GlobalAvgPool
+from heat_fast.models.pooling import GlobalAvgPool, MaxPool
 
 
 def _conv_bn(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
@@ -19,6 +19,6 @@ def small_cnn_body(in_channels: int = 1, width: int = 16) -> nn.Sequential:
     conv-BN-ReLU, maxpool."""
     return nn.Sequential(
         _conv_bn(in_channels, width), _conv_bn(width, 2 * width, relu=False),
-        nn.Sequential(nn.MaxPool2d(2), nn.ReLU(inplace=True)),
+        nn.Sequential(MaxPool(2), nn.ReLU(inplace=True)),
         _conv_bn(2 * width, 4 * width), GlobalAvgPool(),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from heat_fast.models.base import GlobalAvgPool
+from heat_fast.models.pooling import GlobalAvgPool
 
 
 class _Block(nn.Module):
