@@ -74,3 +74,54 @@ def test_resnet_stem_depends_on_image_size():
     small = build_model("resnet18", 10, False, 3, 32)
     large = build_model("resnet18", 10, False, 3, 224)
     assert small.body[0].kernel_size == (3, 3) and large.body[0].kernel_size == (7, 7)
+
+
+def test_small_cnn_is_conv_bn_relu_stages_with_the_pool_after_the_second():
+    """The small CNN computes conv-BN-ReLU, conv-BN-ReLU, max-pool, conv-BN-ReLU, average pool
+    (its ReLU moved after the pool must change neither values nor input gradients), under
+    the parameter names of that layout."""
+    torch.manual_seed(0)
+    model = build_model("small-cnn", 10, True, 3, 16)
+    assert [k for k in model.state_dict() if k.endswith("weight")] == [
+        "body.0.0.weight", "body.0.1.weight", "body.1.0.weight", "body.1.1.weight",
+        "body.3.0.weight", "body.3.1.weight", "head.weight"]
+    body = model.body
+
+    def reference(x):
+        h = torch.relu(body[0][1](body[0][0](x)))
+        h = nn.functional.max_pool2d(torch.relu(body[1][1](body[1][0](h))), 2)
+        return torch.relu(body[3][1](body[3][0](h))).mean((2, 3))
+
+    x = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    for train in (False, True):
+        model.train(train)
+        got_x, want_x = (x.clone().requires_grad_() for _ in range(2))
+        got, want = model.features(got_x), reference((want_x - model.mean) / model.std)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+        (g_got,) = torch.autograd.grad(got.square().sum(), got_x)
+        (g_want,) = torch.autograd.grad(want.square().sum(), want_x)
+        torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+
+def test_max_pool_matches_torch_with_ties_and_passes_opcheck():
+    from heat_fast.models.pooling import MaxPool, max_pool2d_backward
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 3, (2, 3, 8, 8), generator=gen).float()  # many ties in each window
+    for layout in (torch.contiguous_format, torch.channels_last):
+        ours, ref = (x.contiguous(memory_format=layout).requires_grad_() for _ in range(2))
+        out, want = MaxPool(2)(ours), nn.MaxPool2d(2)(ref)
+        assert torch.equal(out, want)
+        g = torch.randn(want.shape, generator=gen)
+        assert torch.equal(torch.autograd.grad(out, ours, g)[0], torch.autograd.grad(want, ref, g)[0])
+    _, indices = torch.ops.aten.max_pool2d_with_indices(x, [2, 2], [2, 2])
+    grad = torch.randn(2, 3, 4, 4, generator=gen, requires_grad=True)
+    torch.library.opcheck(max_pool2d_backward, (grad, x, indices, [2, 2]))
+    # double backward, as nn.MaxPool2d has it
+    ours = x.clone().requires_grad_()
+    (g1,) = torch.autograd.grad(MaxPool(2)(ours), ours, grad, create_graph=True)
+    ref = x.clone().requires_grad_()
+    (g2,) = torch.autograd.grad(nn.MaxPool2d(2)(ref), ref, grad, create_graph=True)
+    weights = torch.randn(x.shape, generator=gen)
+    torch.testing.assert_close(torch.autograd.grad((g1 * weights).sum(), grad)[0],
+                               torch.autograd.grad((g2 * weights).sum(), grad)[0])

@@ -21,6 +21,7 @@ from heat_fast.data import DATASET_NAMES
 from heat_fast.data.base import DatasetError
 from heat_fast.models import MODEL_NAMES
 from heat_fast.ops import BackendUnavailableError
+from heat_fast.training import precision
 from heat_fast.training.checkpoint import CheckpointError
 from heat_fast.training.config import OPTIMIZERS, ConfigError, read_config_file, to_toml
 from heat_fast.training.crafting import STARTS
@@ -123,8 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="op backend (default auto: the fused kernels where available)")
     speed.add_argument("--reference", action="store_const", const="reference", dest="backend",
                        help="plain-torch reference ops (same as --backend reference)")
-    speed.add_argument("--bf16", action=on_off, help="bfloat16 autocast")
-    speed.add_argument("--channels-last", action=on_off, help="channels_last memory format")
+    speed.add_argument("--bf16", action=on_off,
+                       help="bfloat16 autocast (default: on where the device computes bf16 natively: "
+                            "CUDA GPUs with bf16, CPUs with avx512_bf16 or AMX; off elsewhere)")
+    speed.add_argument("--fp32", action="store_const", const=False, dest="bf16",
+                       help="float32 throughout (same as --no-bf16)")
+    speed.add_argument("--channels-last", action=on_off,
+                       help="channels_last memory format (default: on where bf16 is)")
+    speed.add_argument("--compile", action=on_off,
+                       help="torch.compile the model and the attack step (on CUDA the K-step "
+                            "attack is replayed from a CUDA graph); compiling takes a while "
+                            "at the start (default off)")
     dist = p.add_argument_group("distributed (under torchrun; --batch-size is the global batch)")
     dist.add_argument("--dist-backend", choices=("nccl", "gloo"), default=None,
                       help="process-group backend (default nccl on CUDA, gloo on CPU)")
@@ -187,7 +197,9 @@ def header(run: "TrainingRun") -> str:
     return (f"{PROG}: {cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} ({cfg.model}), "
             f"{cfg.norm} eps {format_eps(cfg.eps)}, alpha {format_eps(cfg.alpha)}, steps {cfg.steps}, "
             f"epochs {run.start_epoch + 1}..{cfg.epochs}, {where}, backend {cfg.backend}"
-            f"{', bf16' if cfg.bf16 else ''} -> {run.out}")
+            f" -> {run.out}\n"
+            f"  speed: {precision.describe(cfg.device, cfg.bf16, cfg.channels_last)}, "
+            f"compile {'on' if cfg.compile else 'off'}")
 
 
 def _number(value: Optional[float]) -> str:

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from heat_fast.models.pooling import GlobalAvgPool
+
 
 class _PreActBlock(nn.Module):
+    conv_bn_pairs = (("conv1", "bn2"),)  # conv1's output feeds bn2 only (heat_fast.training.folding)
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.bn1 = nn.BatchNorm2d(cin)
@@ -28,5 +32,5 @@ def preact_resnet18_body(in_channels: int = 3) -> nn.Sequential:
     for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
         layers += [_PreActBlock(cin, cout, stride), _PreActBlock(cout, cout, 1)]
         cin = cout
-    layers += [nn.BatchNorm2d(512), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers += [nn.BatchNorm2d(512), nn.ReLU(), GlobalAvgPool()]
     return nn.Sequential(*layers)

@@ -9,6 +9,8 @@ from typing import Sequence, Type, Union
 
 from torch import Tensor, nn
 
+from heat_fast.models.pooling import GlobalAvgPool
+
 SMALL_IMAGE_LIMIT = 64
 
 
@@ -69,7 +71,7 @@ def _resnet_body(block: Type[nn.Module], counts: Sequence[int], in_channels: int
         for i in range(count):
             layers.append(block(cin, planes, 2 if i == 0 and stage > 0 else 1))
             cin = planes * block.expansion
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    layers.append(GlobalAvgPool())
     return nn.Sequential(*layers)
 
 

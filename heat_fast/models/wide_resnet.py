@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from heat_fast.models.pooling import GlobalAvgPool
+
 
 class _Block(nn.Module):
+    conv_bn_pairs = (("conv1", "bn2"),)  # conv1's output feeds bn2 only (heat_fast.training.folding)
+
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
         self.bn1, self.relu1 = nn.BatchNorm2d(cin), nn.ReLU(inplace=True)
@@ -36,6 +40,5 @@ def wide_resnet_body(depth: int, widen: int, in_channels: int = 3) -> nn.Sequent
         for i in range(n):
             layers.append(_Block(widths[group - 1] if i == 0 else widths[group], widths[group],
                                  stride if i == 0 else 1))
-    layers += [nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1),
-               nn.Flatten()]
+    layers += [nn.BatchNorm2d(widths[3]), nn.ReLU(inplace=True), GlobalAvgPool()]
     return nn.Sequential(*layers)

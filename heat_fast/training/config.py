@@ -22,6 +22,7 @@ import torch
 from heat_fast.budget import NORMS, BudgetError, check_budget, format_eps, parse_budget
 from heat_fast.data import DATASET_NAMES, absolute_data_dir
 from heat_fast.models import MODEL_NAMES
+from heat_fast.training import precision
 from heat_fast.training.crafting import STARTS
 from heat_fast.training.frameworks import FRAMEWORKS
 from heat_fast.training.schedules import SCHEDULES
@@ -53,7 +54,8 @@ OPTIMIZERS = {"sgd": 0.1, "nesterov": 0.1, "adamw": 1e-3}
 SEED_LIMIT = 2**63
 # fields a resumed run may change (everything else must match the checkpoint)
 RESUMABLE_OVERRIDES = ("epochs", "device", "backend", "data_dir", "eval_examples", "eval_steps",
-                       "eval_batch_size", "out", "threads", "workers", "tensorboard")
+                       "eval_batch_size", "out", "threads", "workers", "tensorboard",
+                       "compile")
 
 
 def _pick(value, default):
@@ -97,8 +99,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backend: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
+    # speed (heat_fast.training.precision): None = on where the device computes bf16 natively
+    bf16: Optional[bool] = None
+    channels_last: Optional[bool] = None
+    compile: bool = False
     sync_bn: bool = False
     max_steps_per_epoch: Optional[int] = None
     eval_examples: int = 500
@@ -153,6 +157,8 @@ class TrainConfig:
             data_dir=absolute_data_dir(self.data_dir),
         )
         out.validate()
+        fast = precision.resolve(out.device, out.bf16, out.channels_last)
+        out.bf16, out.channels_last = fast.bf16, fast.channels_last
         return out
 
     def validate_names(self) -> None:

@@ -31,7 +31,7 @@ def evaluate_pgd(model: nn.Module, images: Tensor, labels: Tensor, objective: Ob
                 right = objective.forward(model, x).logits.argmax(1) == y
             x_adv = pgd_attack(model, x, lambda xa: objective.craft_loss(model, xa, y), eps,
                                alpha, steps, "uniform", generator, norm=norm,
-                               backend=objective.backend)
+                               backend=objective.backend, dtype=objective.compute_dtype)
             with torch.no_grad():
                 right_adv = right & (objective.forward(model, x_adv).logits.argmax(1) == y)
             clean, robust = clean + int(right.sum()), robust + int(right_adv.sum())

@@ -233,7 +233,9 @@ class TrainingRun:
             record[f"{name}_clean_acc"], record[f"{name}_pgd_acc"] = result["clean_acc"], result["pgd_acc"]
         record.update({"eval_pgd_steps": cfg.eval_steps,
                        "eval_examples": int(self.eval_sets["test"][0].shape[0]),
-                       "steps": stats["steps"], "train_seconds": round(stats["train_seconds"], 3),
+                       "steps": stats["steps"], "precision": "bf16" if cfg.bf16 else "float32",
+                       "channels_last": cfg.channels_last, "compile": cfg.compile,
+                       "train_seconds": round(stats["train_seconds"], 3),
                        "seconds": round(seconds, 3), "threads": torch.get_num_threads()})
         return record
 
@@ -547,6 +549,7 @@ def _build(config: TrainConfig, data: Union[Dataset, ImageFolder], out: Path,
         model, optimizer, loader, config.framework, he=config.he, scale=config.scale,
         margin=config.margin, eps=config.eps, alpha=config.alpha, steps=config.steps,
         backend=config.backend, bf16=config.bf16, channels_last=config.channels_last,
+        compile=config.compile,
         scheduler=scheduler, scheduler_interval="batch", augment=augment, device=device,
         seed=rank_seed(config.seed + 1, rank), max_steps_per_epoch=config.max_steps_per_epoch,
         progress=show_progress, distributed=ctx, sync_bn=config.sync_bn,

@@ -8,6 +8,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
+from heat_fast.training import precision
+from heat_fast.training.allocator import keep_freed_memory
 from heat_fast.training.config import FRAMEWORK_DEFAULTS
 from heat_fast.training.distributed import Distributed
 from heat_fast.training.frameworks import Framework, build_framework
@@ -25,10 +27,19 @@ class Trainer:
     ``alp_weight``, ``eval_mode``; None = the framework's default: α = ε/4, 10 steps, FastAT
     α = 1.25ε, FreeAT α = ε and 4 replays) and loss settings (``he`` — default ``model.he`` —,
     ``scale`` and ``margin`` — default SPEC §3's per framework —, ``backend``, ``bf16``,
-    ``label_smoothing``) are passed to :func:`build_framework`
-    when ``framework`` is a name. ``scheduler`` steps per batch or per epoch
-    (``scheduler_interval``). :meth:`state_dict` holds everything but the model and
-    optimizer that a bit-exact resume needs (framework state, generators, loader order).
+    ``label_smoothing``, ``compile``) are passed to :func:`build_framework` when ``framework`` is a name.
+    ``scheduler`` steps per batch or per epoch (``scheduler_interval``). :meth:`state_dict`
+    holds everything but the model and optimizer that a bit-exact resume needs (framework
+    state, generators, loader order).
+
+    ``bf16`` and ``channels_last`` of None (the default) mean the fastest correct choice for
+    the device (:func:`heat_fast.training.precision.fast_path`: on with native bf16
+    hardware); :attr:`fast_path` says what was chosen and why. On a CPU the process's malloc
+    is tuned once to keep freed activations mapped (:mod:`heat_fast.training.allocator`).
+    PGD-AT, FastAT and FreeAT make no clean forward of their own, so the clean training
+    accuracy is measured by an extra no-grad forward on every ``clean_acc_every``-th batch
+    (the first of each epoch included); ALP and TRADES measure it on every batch from their
+    clean forward.
 
     With ``distributed`` (see :mod:`heat_fast.training.distributed`) each rank trains on its
     loader's shard through :attr:`train_model` (``model`` in DDP, BatchNorm made SyncBatchNorm
@@ -42,7 +53,9 @@ class Trainer:
                  scale: Optional[float] = None, margin: Optional[float] = None,
                  eps: float = 8 / 255,
                  alpha: Optional[float] = None, steps: Optional[int] = None,
-                 backend: str = "auto", bf16: bool = False, channels_last: bool = False,
+                 backend: str = "auto", bf16: Optional[bool] = None,
+                 channels_last: Optional[bool] = None, compile: bool = False,
+                 clean_acc_every: int = 10,
                  scheduler: Optional[torch.optim.lr_scheduler.LRScheduler] = None,
                  scheduler_interval: str = "epoch",
                  augment: Optional[Callable[[Tensor], Tensor]] = None,
@@ -52,10 +65,16 @@ class Trainer:
                  label_smoothing: float = 0.0, **framework_options):
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}")
+        if int(clean_acc_every) < 1:
+            raise ValueError(f"clean_acc_every must be >= 1, got {clean_acc_every}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model, self.optimizer, self.train_loader = model, optimizer, train_loader
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
-        self.augment, self.channels_last = augment, channels_last
+        self.clean_acc_every = int(clean_acc_every)
+        if isinstance(framework, Framework):
+            bf16 = framework.objective.bf16
+        self.fast_path = precision.resolve(self.device, bf16, channels_last)
+        self.augment, self.channels_last = augment, self.fast_path.channels_last
         self.max_steps_per_epoch, self.distributed = max_steps_per_epoch, distributed
         self.progress = progress and (distributed is None or distributed.is_main)
         self.generator = torch.Generator(self.device).manual_seed(seed)
@@ -65,14 +84,16 @@ class Trainer:
             he_scale, he_margin = FRAMEWORK_DEFAULTS.get(framework, (15.0, 0.2))[:2]
             objective = Objective(getattr(model, "he", False) if he is None else he,
                                   he_scale if scale is None else scale,
-                                  he_margin if margin is None else margin, backend, bf16,
-                                  label_smoothing)
+                                  he_margin if margin is None else margin, backend,
+                                  self.fast_path.bf16, label_smoothing, compile)
             settings = dict(framework_options, eps=eps, alpha=alpha, generator=self.generator)
             if steps is not None:
                 settings["steps"] = steps
             self.framework = build_framework(framework, objective, **settings)
-        if channels_last:
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.train_model = model if distributed is None else distributed.wrap(model, sync_bn)
 
     def leave_process_group(self) -> None:
@@ -111,12 +132,13 @@ class Trainer:
         """One pass over the loader (at most ``max_steps_per_epoch`` batches).
 
         Returns {"loss", "train_clean_acc", "train_adv_acc", "lr", "steps",
-        "train_seconds"} (over all ranks when distributed); the model is left in train mode.
+        "train_seconds"} (over all ranks when distributed; the clean accuracy over the batches
+        where it was measured, see the class docstring); the model is left in train mode.
         """
         self.train_model.train()
         start = time.perf_counter()
         loss_sum = clean = adv = torch.zeros((), device=self.device)
-        count = steps = 0
+        count = clean_count = steps = 0
         lr = self.optimizer.param_groups[0]["lr"]
         with self._progress_bar(epoch) as bar:
             for x, y in self.train_loader:
@@ -124,27 +146,30 @@ class Trainer:
                     break
                 x, y = self._prepare(x, y)
                 lr = self.optimizer.param_groups[0]["lr"]
-                stats = self.framework.train_step(self.train_model, self.optimizer, x, y)
+                stats = self.framework.train_step(self.train_model, self.optimizer, x, y,
+                                                  measure_clean=steps % self.clean_acc_every == 0)
                 if self.distributed is not None:
                     self.train_model.sync_buffers()
                 if self.scheduler is not None and self.scheduler_interval == "batch":
                     self.scheduler.step()
                 loss_sum = loss_sum + stats.loss * stats.count
                 clean, adv = clean + stats.clean_correct, adv + stats.adv_correct
-                count, steps = count + stats.count, steps + 1
+                count, clean_count = count + stats.count, clean_count + stats.clean_count
+                steps += 1
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(stats.loss):.4f}",
-                                    clean=f"{float(clean) / count:.3f}",
+                                    clean=f"{float(clean) / max(clean_count, 1):.3f}",
                                     adv=f"{float(adv) / count:.3f}", lr=f"{lr:.4g}")
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             self.scheduler.step()
         if self.distributed is not None:
-            totals = torch.tensor([float(loss_sum), float(clean), float(adv), count],
+            totals = torch.tensor([float(loss_sum), float(clean), float(adv), count, clean_count],
                                   dtype=torch.float64)
-            loss_sum, clean, adv, count = self.distributed.all_reduce_sum(totals).tolist()
+            loss_sum, clean, adv, count, clean_count = self.distributed.all_reduce_sum(totals).tolist()
         denom = max(count, 1)
-        return {"loss": float(loss_sum) / denom, "train_clean_acc": float(clean) / denom,
+        return {"loss": float(loss_sum) / denom,
+                "train_clean_acc": float(clean) / clean_count if clean_count else None,
                 "train_adv_acc": float(adv) / denom, "lr": lr, "steps": steps,
                 "train_seconds": time.perf_counter() - start}
 

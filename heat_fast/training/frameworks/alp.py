@@ -26,7 +26,7 @@ class ALP(Framework):
         self.alp_weight = float(alp_weight)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
-        x_adv = self.attack(model, x, lambda net, xa: self.objective.craft_loss(net, xa, y))
+        x_adv = self.attack(model, x, y)
         clean = self.objective.forward(model, x)
         adv = self.objective.forward(model, x_adv)
         ce = self.objective.cross_entropy

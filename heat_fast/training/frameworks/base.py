@@ -2,25 +2,28 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from heat_fast.training.crafting import STARTS, crafting_mode, pgd_attack
+from heat_fast.training.compiled import CompiledAttack
+from heat_fast.training.crafting import STARTS, attack_step, crafting_mode, pgd_attack, run_attack
 from heat_fast.training.distributed import unwrap
 from heat_fast.training.objective import Objective, Outputs
 
 
 @dataclass
 class StepStats:
-    """One training step: mean ``loss`` and correct counts out of ``count`` examples
-    (tensors, so no host synchronisation is forced)."""
+    """One training step: mean ``loss``, the adversarial batch's correct count out of
+    ``count`` examples and the clean batch's out of ``clean_count`` (0 when the step
+    measured no clean accuracy). Tensors, so no host synchronisation is forced."""
 
     loss: Tensor
     clean_correct: Tensor
     adv_correct: Tensor
     count: int
+    clean_count: int
 
 
 @dataclass
@@ -41,9 +44,11 @@ def correct_count(out: Outputs, y: Tensor) -> Tensor:
 class Framework:
     """Base class: one attack (``eps``, ``alpha``, ``steps``, ``start``) and one update.
 
-    Subclasses implement :meth:`loss` (craft, then return the outer loss); FreeAT overrides
-    :meth:`train_step`. ``alpha`` defaults to ε/4. ``eval_mode`` puts the model in eval mode while crafting (BN on
-    running statistics); ``generator`` drives the random starts.
+    Subclasses implement :meth:`loss` (craft, then return the outer loss) and, when they
+    attack another loss than the objective's crafting CE, :meth:`craft_loss`; FreeAT
+    overrides :meth:`train_step`. ``alpha`` defaults to ε/4. ``eval_mode`` puts the model in
+    eval mode while crafting (BN on running statistics); ``generator`` drives the random
+    starts. With ``objective.compile`` the attack runs as a :class:`CompiledAttack`.
     """
 
     name = "base"
@@ -63,15 +68,33 @@ class Framework:
         self.objective = objective
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
         self.start, self.eval_mode, self.generator, self.norm = start, eval_mode, generator, norm
+        self._compiled: Optional[CompiledAttack] = None
 
-    def attack(self, model: nn.Module, x: Tensor,
-               loss_fn: Callable[[nn.Module, Tensor], Tensor]) -> Tensor:
-        """Run this framework's PGD on ``loss_fn(net, x_adv)`` (see :func:`pgd_attack`), with
-        ``net`` the plain model inside a DDP wrapper: crafting never goes through DDP."""
+    def craft_loss(self, net: nn.Module, x_adv: Tensor, target: Any) -> Tensor:
+        """The loss the attack maximizes at ``x_adv``; ``target`` is what :meth:`loss` hands
+        to :meth:`attack` (here the labels: CE on the logits, with HE on s·cos, no margin)."""
+        return self.objective.craft_loss(net, x_adv, target)
+
+    def _craft_step(self, net: nn.Module, x_adv: Tensor, x_nat: Tensor, target: Any) -> Tensor:
+        return attack_step(lambda xa: self.craft_loss(net, xa, target), x_adv, x_nat, self.eps,
+                           self.alpha, self.norm, self.objective.backend)
+
+    def attack(self, model: nn.Module, x: Tensor, target: Any) -> Tensor:
+        """This framework's PGD on :meth:`craft_loss` (see :func:`pgd_attack`), with ``net``
+        the plain model inside a DDP wrapper: crafting never goes through DDP. With
+        ``objective.compile`` the K steps run as a :class:`CompiledAttack`."""
         net = unwrap(model)
-        return pgd_attack(net, x, lambda xa: loss_fn(net, xa), self.eps, self.alpha, self.steps,
-                          self.start, self.generator, self.norm, self.eval_mode,
-                          self.objective.backend)
+        backend, dtype = self.objective.backend, self.objective.compute_dtype
+        if not self.objective.compile:
+            return pgd_attack(net, x, lambda xa: self.craft_loss(net, xa, target), self.eps,
+                              self.alpha, self.steps, self.start, self.generator, self.norm,
+                              self.eval_mode, backend, dtype)
+        if self._compiled is None:
+            self._compiled = CompiledAttack(self._craft_step)
+        compiled = self._compiled
+        return run_attack(net, x, lambda x_adv, x_nat: compiled(net, x_adv, x_nat, target, self.steps),
+                          self.eps, self.start, self.generator, self.norm, self.eval_mode, backend,
+                          dtype)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
         raise NotImplementedError
@@ -91,18 +114,37 @@ class Framework:
         with torch.no_grad(), crafting_mode(net, self.eval_mode):
             return self.objective.forward(net, x)
 
+    def clean_accuracy(self, model: nn.Module, x: Tensor, y: Tensor,
+                       clean: Optional[Outputs] = None, measure: bool = False
+                       ) -> Tuple[Tensor, int]:
+        """(correct count, examples counted) on the clean batch: from ``clean``, a forward
+        the framework made anyway, else from an extra gradient-free forward only if
+        ``measure``, else nothing, (0, 0)."""
+        if clean is not None:
+            return correct_count(clean, y), int(y.shape[0])
+        if measure:
+            return correct_count(self.clean_outputs(model, x), y), int(y.shape[0])
+        return torch.zeros((), dtype=torch.int64, device=y.device), 0
+
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
-                   y: Tensor) -> StepStats:
-        """Craft, compute the outer loss, and take one optimizer step."""
+                   y: Tensor, measure_clean: bool = False) -> StepStats:
+        """Craft, compute the outer loss, and take one optimizer step.
+
+        Clean accuracy comes from the outer loss's clean forward where there is one (ALP,
+        TRADES); otherwise (PGD-AT, FastAT, FreeAT) a step makes no clean forward for it
+        unless ``measure_clean`` (then one no-grad forward in crafting mode after the update).
+        """
         result = self.loss(model, x, y)
         adv_correct = correct_count(result.adv, y)  # before the step changes the head weight
-        clean_correct = None if result.clean is None else correct_count(result.clean, y)
+        if result.clean is not None:
+            clean_correct, clean_count = self.clean_accuracy(model, x, y, result.clean)
         optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
         optimizer.step()
-        if clean_correct is None:
-            clean_correct = correct_count(self.clean_outputs(model, x), y)
-        return StepStats(result.loss.detach(), clean_correct, adv_correct, int(y.shape[0]))
+        if result.clean is None:
+            clean_correct, clean_count = self.clean_accuracy(model, x, y, measure=measure_clean)
+        return StepStats(result.loss.detach(), clean_correct, adv_correct, int(y.shape[0]),
+                         clean_count)
 
     def state_dict(self) -> dict:
         """State carried between steps (none by default); saved in checkpoints."""

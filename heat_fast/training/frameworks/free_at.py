@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from heat_fast.ops import pgd_step
+from heat_fast.training.crafting import project
 from heat_fast.training.frameworks.base import Framework, StepStats, correct_count
 from heat_fast.training.objective import Objective
 
@@ -40,8 +40,9 @@ class FreeAT(Framework):
         return self.delta[: x.shape[0]].to(x.dtype, copy=True)
 
     def train_step(self, model: nn.Module, optimizer: torch.optim.Optimizer, x: Tensor,
-                   y: Tensor) -> StepStats:
-        """Replay (x, y) ``replays`` times, each with one optimizer step and one δ step."""
+                   y: Tensor, measure_clean: bool = False) -> StepStats:
+        """Replay (x, y) ``replays`` times, each with one optimizer step and one δ step; with
+        ``measure_clean`` one no-grad clean forward afterwards for the clean accuracy."""
         x = x.detach()
         delta = self._carried_delta(x)
         losses, adv_correct = [], []
@@ -53,13 +54,13 @@ class FreeAT(Framework):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            delta = pgd_step(x + delta.detach(), delta.grad, x, self.eps, self.alpha,
-                             norm=self.norm, clip=None, backend=self.objective.backend) - x
+            delta = project(x + delta.detach(), delta.grad, x, self.eps, self.alpha,
+                            norm=self.norm, clip=None, backend=self.objective.backend) - x
             losses.append(loss.detach())
         self.delta[: x.shape[0]] = delta
-        clean = self.clean_outputs(model, x)
-        return StepStats(torch.stack(losses).mean(), correct_count(clean, y),
-                         torch.stack(adv_correct).float().mean(), int(y.shape[0]))
+        clean_correct, clean_count = self.clean_accuracy(model, x, y, measure=measure_clean)
+        return StepStats(torch.stack(losses).mean(), clean_correct,
+                         torch.stack(adv_correct).float().mean(), int(y.shape[0]), clean_count)
 
     def state_dict(self) -> dict:
         return {"delta": self.delta}

@@ -18,7 +18,7 @@ class PGDAT(Framework):
     name = "pgd-at"
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
-        x_adv = self.attack(model, x, lambda net, xa: self.objective.craft_loss(net, xa, y))
+        x_adv = self.attack(model, x, y)
         adv = self.objective.forward(model, x_adv)
         return LossResult(self.objective.cross_entropy(adv, y, margin=True), adv)
 

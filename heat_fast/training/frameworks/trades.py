@@ -31,12 +31,14 @@ class TRADES(Framework):
     def _kl_sum(self, adv_logits: Tensor, clean_probs: Tensor) -> Tensor:
         return F.kl_div(F.log_softmax(adv_logits, dim=1), clean_probs, reduction="sum")
 
+    def craft_loss(self, net: nn.Module, x_adv: Tensor, target: Tensor) -> Tensor:
+        """Σ KL(p(x) ‖ p(x_adv)) with ``target`` = p(x), the clean probabilities."""
+        return self._kl_sum(self.objective.scaled_logits(self.objective.forward(net, x_adv)), target)
+
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
         obj = self.objective
         clean_probs = F.softmax(obj.scaled_logits(self.clean_outputs(model, x)), dim=1)
-        x_adv = self.attack(
-            model, x, lambda net, xa: self._kl_sum(obj.scaled_logits(obj.forward(net, xa)), clean_probs)
-        )
+        x_adv = self.attack(model, x, clean_probs)
         clean = obj.forward(model, x)
         adv = obj.forward(model, x_adv)
         robust = self._kl_sum(obj.scaled_logits(adv), F.softmax(obj.scaled_logits(clean), dim=1))
