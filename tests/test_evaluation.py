@@ -179,3 +179,57 @@ def test_attack_sets_are_named():
     assert attack_set_name(["clean", "autoattack", "worst-case"]).startswith("official")
     assert attack_set_name(["apgd-ce", "apgd-t", "fab-t"]) == "custom"
     assert DEFAULT_ATTACKS[-5:-1] == ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def test_attack_view_computes_the_model_and_puts_it_back(trained):
+    from heat_fast.evaluation.attack_view import as_layout, attack_view
+    from heat_fast.training.folding import CraftingConv
+
+    model, x, y = trained
+    before = list(model.named_modules())
+    strides = [p.stride() for p in model.parameters()]
+
+    def logits_and_grad(inputs):
+        inputs = inputs.clone().requires_grad_()
+        logits = model(inputs)
+        (grad,) = torch.autograd.grad(nn.functional.cross_entropy(logits, y), inputs)
+        return logits.detach(), grad
+
+    want_logits, want_grad = logits_and_grad(x)
+    with attack_view(model, x.device) as layout:
+        assert layout == torch.channels_last  # on a CPU
+        assert [type(m) for m in model.modules()].count(CraftingConv) == 1  # BN folded in
+        assert isinstance(model[1], nn.Identity)
+        got_logits, got_grad = logits_and_grad(as_layout(x, layout))
+    # float32 rounding of the folded weights and of a different summation order
+    torch.testing.assert_close(got_logits, want_logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+    assert list(model.named_modules()) == before
+    assert [p.stride() for p in model.parameters()] == strides
+
+
+def test_attack_outputs_are_verified_on_the_model_as_given(trained, monkeypatch):
+    """A view that disagrees with the model (class 0 wins everywhere) makes every attack
+    think each example already broken; the verification on the model keeps them robust."""
+    import contextlib
+
+    from heat_fast.evaluation import robustness
+
+    model, x, y = trained
+    keep = y != 0
+    x, y = x[keep], y[keep]
+
+    @contextlib.contextmanager
+    def lying_view(net, device):
+        with torch.no_grad():
+            net[-1].bias[0] += 1e4
+        try:
+            yield torch.preserve_format
+        finally:
+            with torch.no_grad():
+                net[-1].bias[0] -= 1e4
+
+    monkeypatch.setattr(robustness, "attack_view", lying_view)
+    result = evaluate(model, x, y, 0.15, [CLEAN, "pgd5-ce", WORST], progress=False)
+    assert result.accuracy[CLEAN] > 0.5
+    assert torch.equal(result.correct[WORST], result.correct[CLEAN])

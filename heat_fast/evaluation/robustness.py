@@ -8,7 +8,9 @@ is that attack's own accuracy (costlier; for comparing attacks, such as CE again
 losses on an HE model) and ``worst-case`` is the per-example AND of all rows. Either way an
 example counts as robust only if it is classified correctly clean and on every attack
 output it met, so robust ≤ clean and worst ≤ each row, by construction. Every attack
-output is checked to lie in its ε-ball.
+output is checked to lie in its ε-ball. heat_fast's attacks query a faster view of the
+model (:mod:`heat_fast.evaluation.attack_view`); every output is verified on the model as
+given.
 
 The default list, :data:`DEFAULT_ATTACKS`, is heat_fast's equivalent of AutoAttack's
 standard version (APGD-CE, APGD-T, FAB-T and Square with AutoAttack's settings) after a
@@ -26,8 +28,10 @@ from torch import Tensor, nn
 
 from heat_fast import progress as progress_display
 from heat_fast.attacks import Attack, build_attack, eval_mode, predict
+from heat_fast.attacks.autoattack import AutoAttack
 from heat_fast.attacks.registry import parse_name
 from heat_fast.budget import format_eps
+from heat_fast.evaluation.attack_view import as_layout, attack_view
 
 CLEAN = "clean"
 WORST = "worst-case"
@@ -138,11 +142,19 @@ class _Runner:
             correct[chunk] = (predict(self.model, xb) == yb).cpu()
         return correct
 
+    def _craft(self, attack: Attack, x: Tensor, y: Tensor) -> Tensor:
+        """The attack's output; heat_fast's attacks query the model through
+        :func:`attack_view`, the official package the model as given."""
+        if isinstance(attack, AutoAttack):
+            return attack(self.model, x, y)
+        with attack_view(self.model, self.device) as layout:
+            return attack(self.model, as_layout(x, layout), y)
+
     def survivors(self, name: str, attack: Attack, todo: Tensor) -> Tensor:
         """The examples of ``todo`` still classified correctly on the attack's output."""
         survived = torch.zeros_like(todo)
         for chunk, xb, yb in self._batches(todo, name, f"{name} eps {format_eps(attack.eps)}"):
-            x_adv = attack(self.model, xb, yb)
+            x_adv = self._craft(attack, xb, yb)
             _check_in_ball(name, attack, xb, x_adv)
             survived[chunk] = (predict(self.model, x_adv) == yb).cpu()
         return survived

@@ -39,19 +39,25 @@ class CraftingConv(nn.Module):
     """A frozen ``nn.Conv2d`` with the eval-mode BN after it (if any) folded in, its weight
     and bias (non-persistent buffers) in ``dtype``; :meth:`refresh` recomputes them."""
 
-    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype):
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype,
+                 memory_format: torch.memory_format = torch.preserve_format):
         super().__init__()
         self.stride, self.padding = conv.stride, conv.padding
         self.dilation, self.groups = conv.dilation, conv.groups
-        self.register_buffer("weight", torch.empty_like(conv.weight, dtype=dtype), persistent=False)
+        self.register_buffer("weight", torch.empty_like(conv.weight, dtype=dtype,
+                                                        memory_format=memory_format),
+                             persistent=False)
         self.register_buffer("bias", conv.weight.new_empty(conv.out_channels, dtype=dtype),
                              persistent=False)
 
-    def fits(self, conv: nn.Conv2d, dtype: torch.dtype) -> bool:
-        """Whether the buffers still match ``conv`` in shape, device and strides, and ``dtype``."""
+    def fits(self, conv: nn.Conv2d, dtype: torch.dtype,
+             memory_format: torch.memory_format = torch.preserve_format) -> bool:
+        """Whether the buffers still match ``conv`` in shape and device, ``dtype``, and the
+        strides of ``memory_format`` (preserve_format: ``conv``'s own)."""
         w = conv.weight
+        wanted = torch.empty_like(w, device="meta", memory_format=memory_format).stride()
         return (self.weight.shape == w.shape and self.weight.dtype == dtype
-                and self.weight.device == w.device and self.weight.stride() == w.stride())
+                and self.weight.device == w.device and self.weight.stride() == wanted)
 
     @torch.no_grad()
     def refresh(self, conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d]) -> "CraftingConv":
@@ -95,7 +101,12 @@ def _bn_after(parent: nn.Module) -> Dict[str, str]:
     return dict(pairs)
 
 
-def _swaps(model: nn.Module, dtype: Optional[torch.dtype]
+def _other_layout(weight: Tensor, memory_format: torch.memory_format) -> bool:
+    return (memory_format != torch.preserve_format
+            and not weight.is_contiguous(memory_format=memory_format))
+
+
+def _swaps(model: nn.Module, dtype: Optional[torch.dtype], memory_format: torch.memory_format
            ) -> List[Tuple[nn.Module, str, Optional[str]]]:
     """(parent, conv name, name of the BN to fold or None) of every conv worth swapping."""
     found = []
@@ -107,33 +118,38 @@ def _swaps(model: nn.Module, dtype: Optional[torch.dtype]
             bn_name = bn_after.get(name)
             if not _foldable(conv, parent._modules.get(bn_name) if bn_name else None):
                 bn_name = None
-            if bn_name is not None or (dtype is not None and dtype != conv.weight.dtype):
+            if (bn_name is not None or (dtype is not None and dtype != conv.weight.dtype)
+                    or _other_layout(conv.weight, memory_format)):
                 found.append((parent, name, bn_name))
     return found
 
 
-def _shadow(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], dtype: torch.dtype) -> CraftingConv:
+def _shadow(conv: nn.Conv2d, bn: Optional[nn.BatchNorm2d], dtype: torch.dtype,
+            memory_format: torch.memory_format) -> CraftingConv:
     shadow = _SHADOWS.get(conv)
-    if shadow is None or not shadow.fits(conv, dtype):
-        shadow = _SHADOWS[conv] = CraftingConv(conv, dtype)
+    if shadow is None or not shadow.fits(conv, dtype, memory_format):
+        shadow = _SHADOWS[conv] = CraftingConv(conv, dtype, memory_format)
     return shadow.refresh(conv, bn)
 
 
 @contextlib.contextmanager
-def crafting_convolutions(model: nn.Module, dtype: Optional[torch.dtype] = None
+def crafting_convolutions(model: nn.Module, dtype: Optional[torch.dtype] = None,
+                          memory_format: torch.memory_format = torch.preserve_format
                           ) -> Iterator[None]:
     """Inside the block, run ``model``'s convolutions as :class:`CraftingConv` (see the
-    module docstring): with every foldable BN folded in, and in ``dtype`` (the autocast dtype
-    the attack runs under; None: the weights' own). The modules are put back on exit, also
+    module docstring): with every foldable BN folded in, in ``dtype`` (the autocast dtype
+    the attack runs under; None: the weights' own) and with weights in ``memory_format``
+    (``torch.channels_last`` makes the convolutions run NHWC without touching the model's
+    own parameters; preserve_format: their layout). The modules are put back on exit, also
     when the block raises. For frozen weights only: the swaps are computed on entry."""
     swapped = []
-    for parent, name, bn_name in _swaps(model, dtype):
+    for parent, name, bn_name in _swaps(model, dtype, memory_format):
         conv = parent._modules[name]
         bn = parent._modules[bn_name] if bn_name is not None else None
         swapped.append((parent, name, conv, bn_name, bn))
     try:
         for parent, name, conv, bn_name, bn in swapped:
-            parent._modules[name] = _shadow(conv, bn, dtype or conv.weight.dtype)
+            parent._modules[name] = _shadow(conv, bn, dtype or conv.weight.dtype, memory_format)
             if bn_name is not None:
                 parent._modules[bn_name] = _IDENTITY
         yield
