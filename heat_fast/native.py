@@ -79,7 +79,7 @@ def _unusable(info: Dict[str, Any], what: str) -> str:
     return reason
 
 
-def _constant_under_compile(fn):
+def constant_under_compile(fn):
     """Mark ``fn`` as torch.compiler.assume_constant_result does (evaluated once, a constant,
     when torch.compile traces a caller) without importing torch._dynamo at import time."""
     fn._dynamo_marked_constant = True
@@ -144,7 +144,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@_constant_under_compile
+@constant_under_compile
 def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """None when the native kernels can run on (device, dtype), else a sentence saying why.
 
@@ -179,7 +179,7 @@ def cpu_isa() -> Optional[str]:
         raise ValueError(str(error).splitlines()[0]) from None
 
 
-@_constant_under_compile
+@constant_under_compile
 def _load_failure() -> Optional[str]:
     """Loads the extension; None on success, else why not (a constant under torch.compile)."""
     return _load()[1]

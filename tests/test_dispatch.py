@@ -62,3 +62,28 @@ def test_backend_of_the_wrong_type_is_a_clear_error():
     x = torch.rand(2, 3)
     with pytest.raises(TypeError, match="backend must be 'auto' or one of"):
         hf.pgd_step(x, x, x, 0.1, 0.01, backend=1)
+
+
+def test_triton_backend_loads_on_first_use_also_inside_torch_compile():
+    """heat_fast imports triton on first use; a process whose first Triton call is traced by
+    torch.compile(fullgraph=True) loads it outside the graph (the availability check is a
+    constant under compile) and computes what eager computes."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import os, sys
+        os.environ["TRITON_INTERPRET"] = "1"
+        import torch, heat_fast as hf
+        assert "heat_fast.triton_kernels" not in sys.modules
+        gen = torch.Generator().manual_seed(0)
+        cos, y = torch.rand(6, 5, generator=gen) * 2 - 1, torch.randint(0, 5, (6,), generator=gen)
+        step = lambda c: hf.cos_margin_cross_entropy(c.tanh(), y, backend="triton")
+        got = torch.compile(step, fullgraph=True)(cos)
+        assert "heat_fast.triton_kernels" in sys.modules
+        torch.testing.assert_close(got, step(cos))
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

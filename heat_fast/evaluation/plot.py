@@ -4,15 +4,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 
 def plot_eps_sweep(curves: Mapping[str, Mapping[float, float]], path: Path,
                    title: str = "worst-case robust accuracy") -> Path:
     """Write a PNG of accuracy (%) vs ε·255 for each {label: {eps: accuracy}}."""
+    import matplotlib  # here, not at import: matplotlib costs ~0.3 s to import
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for label, points in curves.items():
         eps = sorted(points)

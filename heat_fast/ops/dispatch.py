@@ -18,13 +18,14 @@ returns None when it can run, else a sentence saying why not.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from types import ModuleType
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from heat_fast import native, triton_kernels
+from heat_fast import native
 
 BACKENDS: Tuple[str, ...] = ("reference", "triton", "native")
 ENV_VAR = "HEAT_FAST_BACKEND"
@@ -32,7 +33,8 @@ AUTO_ORDER: Dict[str, Tuple[str, ...]] = {
     "cuda": ("triton", "native", "reference"),
     "cpu": ("native", "reference"),
 }
-_MODULES: Dict[str, ModuleType] = {"triton": triton_kernels, "native": native}
+# triton's is imported on first use (triton costs ~0.2 s at import)
+_MODULES: Dict[str, str] = {"triton": "heat_fast.triton_kernels", "native": "heat_fast.native"}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -43,11 +45,22 @@ def kernels(name: str) -> ModuleType:
     """The module holding backend ``name``'s kernel functions."""
     if name not in _MODULES:
         raise ValueError(f"backend must be one of {tuple(_MODULES)} for a kernel op, got {name!r}")
-    return _MODULES[name]
+    module = _LOADED.get(name)
+    return module if module is not None else _load(name)
 
 
+_LOADED: Dict[str, ModuleType] = {"native": native}
+
+
+def _load(name: str) -> ModuleType:
+    _LOADED[name] = importlib.import_module(_MODULES[name])
+    return _LOADED[name]
+
+
+@native.constant_under_compile
 def unavailable_reason(name: str, device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    """None when backend ``name`` can run on (device, dtype), else why it cannot."""
+    """None when backend ``name`` can run on (device, dtype), else why it cannot. A constant
+    under torch.compile: evaluated, and the backend's module imported, outside the graph."""
     if name == "reference":
         return None
     return kernels(name).unavailable_reason(device, dtype)
