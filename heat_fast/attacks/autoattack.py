@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from heat_fast._checks import check_norm
-from heat_fast.attacks.core import Attack, check_eps
+from heat_fast.attacks.core import Attack, check_eps, frozen_parameters
 
 PACKAGES = ("autoattack", "pyautoattack")
 NORM_NAMES = {"linf": "Linf", "l2": "L2"}
@@ -45,21 +45,6 @@ def load_package() -> ModuleType:
         "(pip install git+https://github.com/fra31/auto-attack) nor 'pyautoattack' "
         "(pip install pyautoattack) can be imported"
     )
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Parameters with requires_grad False inside (so no backward reaches ``.grad``);
-    each parameter's own flag restored on exit."""
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    try:
-        for p in params:
-            p.requires_grad_(False)
-        yield
-    finally:
-        for p, flag in zip(params, flags):
-            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager

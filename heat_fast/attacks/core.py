@@ -41,6 +41,21 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
             module.training = training
 
 
+@contextlib.contextmanager
+def frozen_parameters(model: nn.Module) -> Iterator[None]:
+    """``requires_grad`` off for every parameter of ``model`` inside the block, so backward
+    passes compute input gradients only and never reach ``.grad``; each parameter's own flag
+    is restored on exit, also when the block raises."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    for p in trainable:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, x: Tensor) -> Tensor:
     """Predicted labels argmax model(x) (B,), without building a graph."""

@@ -18,6 +18,7 @@ from typing import Callable, Iterator, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from heat_fast.attacks.core import frozen_parameters
 from heat_fast.ops import pgd_step, random_init
 from heat_fast.training.folding import crafting_convolutions
 
@@ -40,20 +41,6 @@ def crafting_mode(model: nn.Module, eval_mode: bool = True) -> Iterator[None]:
     finally:
         for module, training in modes:
             module.training = training
-
-
-@contextlib.contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """``requires_grad`` off for every parameter of ``model`` that has it, restored on exit
-    (also when the body raises), so that backward passes compute input gradients only."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    for p in trainable:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in trainable:
-            p.requires_grad_(True)
 
 
 @contextlib.contextmanager
