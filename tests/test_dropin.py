@@ -2,8 +2,6 @@
 ``.data``-overwrite model), the drop-in losses' options (crafting BN mode, crafting scale,
 normal start, distance aliases) against a plain-torch oracle, ``unwrap`` of every wrapper,
 the mode's single source of truth, and the at-he parity presets."""
-import dataclasses
-
 import pytest
 import torch
 import torch.distributed as dist
