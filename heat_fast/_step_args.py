@@ -28,11 +28,12 @@ def _host_checkable(t: torch.Tensor) -> bool:
     return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def canonical_norm(norm: str) -> str:
-    """'linf' or 'l2' from any of their spellings ('Linf', 'l_inf', 'inf', 'L2', 'l_2')."""
+def canonical_norm(norm: str, argument: str = "norm") -> str:
+    """'linf' or 'l2' from any of their spellings ('Linf', 'l_inf', 'inf', 'L2', 'l_2');
+    ValueError naming ``argument`` otherwise."""
     name = norm.lower() if isinstance(norm, str) else None
     if name not in NORM_ALIASES:
-        raise ValueError(f"norm must be 'linf' or 'l2' (or 'Linf', 'l_inf', 'L2', 'l_2'), "
+        raise ValueError(f"{argument} must be 'linf' or 'l2' (or 'Linf', 'l_inf', 'L2', 'l_2'), "
                          f"got {norm!r}")
     return NORM_ALIASES[name]
 

@@ -27,6 +27,7 @@ from heat_fast.training.config import OPTIMIZERS, ConfigError, read_config_file,
 from heat_fast.training.crafting import STARTS
 from heat_fast.training.distributed import DistributedError
 from heat_fast.training.frameworks import FRAMEWORKS
+from heat_fast.training.objective import WEIGHT_NORM_MODES
 from heat_fast.training.presets import PRESET_NAMES
 from heat_fast.training.schedules import SCHEDULES
 
@@ -114,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--start", choices=STARTS, help="random start (default uniform; TRADES normal)")
     atk.add_argument("--scale", type=float, help="HE scale s (default 15; ALP 20; FreeAT 10)")
     atk.add_argument("--margin", type=float, help="HE angular margin m (default 0.2; ALP 0.3)")
+    atk.add_argument("--weight-norm", choices=tuple(WEIGHT_NORM_MODES),
+                     help="HE head weight normalization: differentiable (default: gradients "
+                          "through the normalization) or project (AT_HE: the stored weight "
+                          "renormalized in place every forward, no gradient through it)")
     atk.add_argument("--beta", type=float, help="TRADES β (default 6)")
     atk.add_argument("--alp-weight", type=float, help="ALP λ (default 0.5)")
     atk.add_argument("--bn-eval", action=on_off, help="BN in eval mode while crafting (default on)")
@@ -194,7 +199,8 @@ def open_run(args: argparse.Namespace) -> "TrainingRun":
 def header(run: "TrainingRun") -> str:
     cfg, ctx = run.config, run.distributed
     where = f"device {cfg.device}" if ctx is None else f"{ctx.world_size} processes on {ctx.device.type}"
-    return (f"{PROG}: {cfg.framework}{' + HE' if cfg.he else ''} on {cfg.dataset} ({cfg.model}), "
+    he = f" + HE (weight norm {cfg.weight_norm})" if cfg.he else ""
+    return (f"{PROG}: {cfg.framework}{he} on {cfg.dataset} ({cfg.model}), "
             f"{cfg.norm} eps {format_eps(cfg.eps)}, alpha {format_eps(cfg.alpha)}, steps {cfg.steps}, "
             f"epochs {run.start_epoch + 1}..{cfg.epochs}, {where}, backend {cfg.backend}"
             f" -> {run.out}\n"

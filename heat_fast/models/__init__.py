@@ -7,7 +7,7 @@ the attribute ``head`` (:class:`~heat_fast.HELinear` or ``nn.Linear``) and ``he`
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -32,10 +32,14 @@ MODEL_NAMES: Tuple[str, ...] = tuple(_REGISTRY)
 
 def build_model(name: str, num_classes: int, he: bool, in_channels: int = 3,
                 image_size: int = 32, mean: Optional[Sequence[float]] = None,
-                std: Optional[Sequence[float]] = None) -> Classifier:
+                std: Optional[Sequence[float]] = None,
+                weight_norm: Union[bool, str] = True) -> Classifier:
     """Build model ``name`` (one of :data:`MODEL_NAMES`) with an HE or a linear head.
 
     ``mean``/``std``: per-channel normalization applied inside the model (None: 0 and 1).
+    ``weight_norm``: the HE head's mode (:class:`~heat_fast.HELinear`): True differentiates
+    through the weight normalization, "project" renormalizes the stored weight in place
+    with no gradient through it (AT_HE); the training losses follow the head's mode.
     Raises ValueError for an unknown name, num_classes < 2 or bad sizes.
     """
     if name not in _REGISTRY:
@@ -48,7 +52,7 @@ def build_model(name: str, num_classes: int, he: bool, in_channels: int = 3,
         )
     factory, dim = _REGISTRY[name]
     return Classifier(factory(int(in_channels), int(image_size)), dim, int(num_classes), he,
-                      int(in_channels), mean, std)
+                      int(in_channels), mean, std, weight_norm)
 
 
 __all__ = ["Classifier", "MODEL_NAMES", "build_model"]

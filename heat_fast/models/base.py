@@ -3,12 +3,13 @@
 ``Classifier(body, feature_dim, num_classes, he, mean, std)`` takes inputs in [0, 1]
 (B, C, H, W), normalizes them per channel with buffers ``mean`` and ``std``, runs ``body``
 to penultimate features (B, D) and applies ``head``: an :class:`~heat_fast.HELinear`
-(bias-free, scale 1, so ``forward`` returns raw cosines in [-1, 1]) when ``he`` is true,
-else an ``nn.Linear``.
+(bias-free, scale 1, so ``forward`` returns raw cosines in [-1, 1]; its ``weight_norm`` mode,
+True or AT_HE's "project", is the one every heat_fast loss on this model uses) when ``he``
+is true, else an ``nn.Linear``.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -37,13 +38,17 @@ class Classifier(nn.Module):
 
     def __init__(self, body: nn.Module, feature_dim: int, num_classes: int, he: bool,
                  in_channels: int = 3, mean: Optional[Sequence[float]] = None,
-                 std: Optional[Sequence[float]] = None):
+                 std: Optional[Sequence[float]] = None,
+                 weight_norm: Union[bool, str] = True):
         super().__init__()
+        if not he and weight_norm is not True:
+            raise ValueError(f"weight_norm={weight_norm!r} is a mode of the HE head: it needs he=True")
         self.register_buffer("mean", _channel_buffer("mean", mean, in_channels, 0.0))
         self.register_buffer("std", _channel_buffer("std", std, in_channels, 1.0))
         self.body = body
         self.he = bool(he)
-        self.head: nn.Module = (HELinear(feature_dim, num_classes) if self.he
+        self.head: nn.Module = (HELinear(feature_dim, num_classes, weight_norm=weight_norm)
+                                if self.he
                                 else nn.Linear(feature_dim, num_classes))
 
     def features(self, x: Tensor) -> Tensor:

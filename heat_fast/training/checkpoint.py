@@ -82,19 +82,22 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
 
 def load_model(path: PathLike, device: Union[str, torch.device] = "cpu") -> Tuple[nn.Module, dict]:
     """Rebuild the model described by a checkpoint's config and load its weights: the weight
-    average (``ema``) when the run kept one (``--ema``), else ``model``.
+    average (``ema``) when the run kept one (``--ema``), else ``model``. The HE head gets the
+    run's ``weight_norm`` mode (differentiable for checkpoints older than that setting).
 
     Returns (model in eval mode on ``device``, config dict). Raises FileNotFoundError or
     :class:`CheckpointError` with the reason.
     """
     from heat_fast.models import build_model
+    from heat_fast.training.objective import weight_norm_mode
 
     state = load_checkpoint(path, map_location=device)
     config = state["config"]
     try:
         model = build_model(config["model"], config["num_classes"], config["he"],
                             config["in_channels"], config["image_size"], config["mean"],
-                            config["std"])
+                            config["std"],
+                            weight_norm_mode(config.get("weight_norm", "differentiable")))
         model.load_state_dict(state["ema"]["model"] if state.get("ema") else state["model"])
     except (ValueError, RuntimeError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path}: weights do not fit the model its config describes "

@@ -25,6 +25,7 @@ from heat_fast.models import MODEL_NAMES
 from heat_fast.training import precision
 from heat_fast.training.crafting import STARTS
 from heat_fast.training.frameworks import FRAMEWORKS
+from heat_fast.training.objective import WEIGHT_NORM_MODES
 from heat_fast.training.schedules import SCHEDULES
 
 
@@ -91,6 +92,8 @@ class TrainConfig:
     start: Optional[str] = None
     scale: Optional[float] = None
     margin: Optional[float] = None
+    # the HE head's weight normalization (heat_fast.training.objective.WEIGHT_NORM_MODES)
+    weight_norm: str = "differentiable"
     beta: float = 6.0
     alp_weight: float = 0.5
     bn_eval: bool = True
@@ -207,6 +210,10 @@ class TrainConfig:
              "must be >= 1"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {SCHEDULES}"),
             ("start", self.start in STARTS, f"must be one of {STARTS}"),
+            ("weight_norm", self.weight_norm in WEIGHT_NORM_MODES,
+             f"must be one of {', '.join(WEIGHT_NORM_MODES)}"),
+            ("weight_norm", self.he or self.weight_norm == "differentiable",
+             "is a mode of the HE head: 'project' needs he (--he)"),
             ("backend", self.backend in ("auto", "reference", "triton", "native"),
              "must be auto, reference, triton or native"),
         ]

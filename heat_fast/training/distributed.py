@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import inspect
 import os
+import sys
 import weakref
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -222,6 +223,23 @@ class DistributedModel(nn.Module):
                 buffer.copy_(values.view_as(buffer))
 
 
+def _compiled_module_type() -> Optional[type]:
+    """torch.compile's wrapper class, if torch._dynamo is loaded (else no model can be one)."""
+    if "torch._dynamo" not in sys.modules:
+        return None
+    from torch._dynamo.eval_frame import OptimizedModule
+    return OptimizedModule
+
+
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside a :class:`DistributedModel` or a ``DistributedDataParallel``."""
-    return model.module if isinstance(model, (DistributedModel, DistributedDataParallel)) else model
+    """The plain model inside any nesting of :class:`DistributedModel`,
+    ``DistributedDataParallel``, ``nn.DataParallel`` and torch.compile's ``OptimizedModule``
+    (e.g. ``torch.compile(nn.DataParallel(net))`` gives ``net``); other modules as they are."""
+    compiled = _compiled_module_type()
+    while True:
+        if isinstance(model, (DistributedModel, DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif compiled is not None and isinstance(model, compiled):
+            model = model._orig_mod
+        else:
+            return model

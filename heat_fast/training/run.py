@@ -49,6 +49,7 @@ from heat_fast.training.config import RESUMABLE_OVERRIDES, ConfigError, TrainCon
 from heat_fast.training.distributed import Distributed, launched_by_torchrun, rank_seed, setup
 from heat_fast.training.ema import WeightEMA
 from heat_fast.training.evaluate import evaluate_pgd
+from heat_fast.training.objective import weight_norm_mode
 from heat_fast.training.presets import preset
 from heat_fast.training.schedules import build_scheduler
 from heat_fast.training.trainer import Trainer
@@ -533,7 +534,8 @@ def _build(config: TrainConfig, data: Union[Dataset, ImageFolder], out: Path,
     device = torch.device(config.device) if ctx is None else ctx.device
     _seed_everything(config.seed)
     model = build_model(config.model, config.num_classes, config.he, config.in_channels,
-                        config.image_size, config.mean, config.std).to(device)
+                        config.image_size, config.mean, config.std,
+                        weight_norm_mode(config.weight_norm)).to(device)
     optimizer = _optimizer(config, model)
     loader = data.train_loader(config.batch_size, torch.Generator().manual_seed(config.seed),
                                rank, world_size, device)

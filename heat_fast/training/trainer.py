@@ -11,7 +11,8 @@ from torch import Tensor, nn
 from heat_fast.training import precision
 from heat_fast.training.allocator import keep_freed_memory
 from heat_fast.training.config import FRAMEWORK_DEFAULTS
-from heat_fast.training.distributed import Distributed
+from heat_fast.reference import WeightNorm
+from heat_fast.training.distributed import Distributed, unwrap
 from heat_fast.training.frameworks import Framework, build_framework
 from heat_fast.training.objective import Objective
 
@@ -26,8 +27,9 @@ class Trainer:
     channels_last. Attack settings (``eps``, ``alpha``, ``steps``, ``start``, ``beta``,
     ``alp_weight``, ``eval_mode``; None = the framework's default: α = ε/4, 10 steps, FastAT
     α = 1.25ε, FreeAT α = ε and 4 replays) and loss settings (``he`` — default ``model.he`` —,
-    ``scale`` and ``margin`` — default SPEC §3's per framework —, ``backend``, ``bf16``,
-    ``label_smoothing``, ``compile``) are passed to :func:`build_framework` when ``framework`` is a name.
+    ``scale`` and ``margin`` — default SPEC §3's per framework —, ``weight_norm`` — default
+    the HE head's own mode —, ``backend``, ``bf16``, ``label_smoothing``, ``compile``) are
+    passed to :func:`build_framework` when ``framework`` is a name.
     ``scheduler`` steps per batch or per epoch (``scheduler_interval``). :meth:`state_dict`
     holds everything but the model and optimizer that a bit-exact resume needs (framework
     state, generators, loader order).
@@ -62,7 +64,8 @@ class Trainer:
                  device: Optional[Union[str, torch.device]] = None, seed: int = 0,
                  max_steps_per_epoch: Optional[int] = None, progress: bool = True,
                  distributed: Optional[Distributed] = None, sync_bn: bool = False,
-                 label_smoothing: float = 0.0, **framework_options):
+                 label_smoothing: float = 0.0, weight_norm: Optional[WeightNorm] = None,
+                 **framework_options):
         if scheduler_interval not in SCHEDULER_INTERVALS:
             raise ValueError(f"scheduler_interval must be one of {SCHEDULER_INTERVALS}, got {scheduler_interval!r}")
         if int(clean_acc_every) < 1:
@@ -82,10 +85,10 @@ class Trainer:
             self.framework = framework
         else:
             he_scale, he_margin = FRAMEWORK_DEFAULTS.get(framework, (15.0, 0.2))[:2]
-            objective = Objective(getattr(model, "he", False) if he is None else he,
+            objective = Objective(getattr(unwrap(model), "he", False) if he is None else he,
                                   he_scale if scale is None else scale,
                                   he_margin if margin is None else margin, backend,
-                                  self.fast_path.bf16, label_smoothing, compile)
+                                  self.fast_path.bf16, label_smoothing, compile, weight_norm)
             settings = dict(framework_options, eps=eps, alpha=alpha, generator=self.generator)
             if steps is not None:
                 settings["steps"] = steps

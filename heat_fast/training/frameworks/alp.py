@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heat_fast.training.frameworks.base import Framework, LossResult
+from heat_fast.reference import WeightNorm
+from heat_fast.training.frameworks.base import Framework, LossResult, drop_in_framework
 from heat_fast.training.objective import Objective
 
 
@@ -40,8 +41,12 @@ def alp_loss(model: nn.Module, x_natural: Tensor, y: Tensor,
              epsilon: float = 8 / 255, perturb_steps: int = 10, alp_weight: float = 0.5,
              random_start: str = "uniform", he: bool = False, scale: float = 20.0,
              margin: float = 0.3, backend: str = "auto",
-             generator: Optional[torch.Generator] = None) -> Tensor:
-    """Drop-in ALP loss: craft PGD, zero ``optimizer``'s grads, return the outer loss."""
-    framework = ALP(Objective(he, scale, margin, backend), epsilon, step_size, perturb_steps,
-                    alp_weight, start=random_start, generator=generator)
-    return framework.drop_in_loss(model, x_natural, y, optimizer)
+             generator: Optional[torch.Generator] = None, *, distance: str = "l_inf",
+             eval_mode: bool = True, craft_scale: Optional[float] = None,
+             weight_norm: Optional[WeightNorm] = None) -> Tensor:
+    """Drop-in ALP loss: craft PGD, zero ``optimizer``'s grads, return the outer loss.
+    The keyword-only options: :func:`~heat_fast.training.frameworks.base.drop_in_framework`."""
+    return drop_in_framework(ALP, model, x_natural, y, optimizer, step_size, epsilon,
+                             perturb_steps, random_start, he, scale, margin, backend, generator,
+                             distance, eval_mode, craft_scale, weight_norm,
+                             alp_weight=alp_weight)

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Tuple, Type
 
 import torch
 from torch import Tensor, nn
 
+from heat_fast._step_args import canonical_norm
 from heat_fast.training.compiled import CompiledAttack
 from heat_fast.training.crafting import STARTS, attack_step, crafting_mode, pgd_attack, run_attack
 from heat_fast.training.distributed import unwrap
+from heat_fast.reference import WeightNorm
 from heat_fast.training.objective import Objective, Outputs
 
 
@@ -47,8 +49,10 @@ class Framework:
     Subclasses implement :meth:`loss` (craft, then return the outer loss) and, when they
     attack another loss than the objective's crafting CE, :meth:`craft_loss`; FreeAT
     overrides :meth:`train_step`. ``alpha`` defaults to ε/4. ``eval_mode`` puts the model in
-    eval mode while crafting (BN on running statistics); ``generator`` drives the random
-    starts. With ``objective.compile`` the attack runs as a :class:`CompiledAttack`.
+    eval mode while crafting (BN on running statistics); False crafts in the model's own
+    (train) mode, BN on batch statistics and each crafting forward updating the running ones.
+    ``generator`` drives the random starts; ``norm`` 'linf' or 'l2' (also 'Linf', 'l_inf',
+    'L2', 'l_2'). With ``objective.compile`` the attack runs as a :class:`CompiledAttack`.
     """
 
     name = "base"
@@ -67,7 +71,8 @@ class Framework:
             raise ValueError(f"start must be one of {STARTS}, got {start!r}")
         self.objective = objective
         self.eps, self.alpha, self.steps = float(eps), float(alpha), int(steps)
-        self.start, self.eval_mode, self.generator, self.norm = start, eval_mode, generator, norm
+        self.start, self.eval_mode, self.generator = start, eval_mode, generator
+        self.norm = canonical_norm(norm)
         self._compiled: Optional[CompiledAttack] = None
 
     def craft_loss(self, net: nn.Module, x_adv: Tensor, target: Any) -> Tensor:
@@ -109,10 +114,12 @@ class Framework:
         return loss
 
     def clean_outputs(self, model: nn.Module, x: Tensor) -> Outputs:
-        """A gradient-free clean forward in crafting mode on the plain (unwrapped) model."""
+        """A gradient-free clean forward in crafting mode on the plain (unwrapped) model; its
+        logits are formed here, under no_grad, not lazily (TRADES' crafting target must not
+        carry a graph: the compiled attack refuses one)."""
         net = unwrap(model)
         with torch.no_grad(), crafting_mode(net, self.eval_mode):
-            return self.objective.forward(net, x)
+            return Outputs(logits=self.objective.forward(net, x).logits)
 
     def clean_accuracy(self, model: nn.Module, x: Tensor, y: Tensor,
                        clean: Optional[Outputs] = None, measure: bool = False
@@ -153,3 +160,34 @@ class Framework:
     def load_state_dict(self, state: dict) -> None:
         if state:
             raise ValueError(f"{self.name} keeps no state, got keys {sorted(state)}")
+
+
+def drop_in_framework(cls: Type[Framework], model: nn.Module, x: Tensor, y: Tensor,
+                      optimizer: Optional[torch.optim.Optimizer], step_size: float,
+                      epsilon: float, perturb_steps: int, random_start: str, he: bool,
+                      scale: float, margin: float, backend: str,
+                      generator: Optional[torch.Generator], distance: str, eval_mode: bool,
+                      craft_scale: Optional[float], weight_norm: Optional[WeightNorm],
+                      **settings: Any) -> Tensor:
+    """The outer loss of framework ``cls`` (:meth:`Framework.drop_in_loss`), as the drop-in
+    losses ``pgd_at_loss``, ``alp_loss`` and ``trades_loss`` compute it. Their options:
+
+    - ``random_start``: "uniform" in the ε-ball (Madry et al., Bag of Tricks; the default of
+      pgd_at_loss and alp_loss), "normal" x + 0.001·N(0, I), unclipped (AT_HE, TRADES; what
+      trades_loss always uses), or "none".
+    - ``distance``: the threat model, 'l_inf' or 'l_2' (also 'linf', 'Linf', 'l2', 'L2').
+    - ``eval_mode``: True crafts with the model in eval mode (BN on running statistics:
+      AT_HE, TRADES); False in its own train mode (BN on batch statistics, every crafting
+      forward updating the running ones: Bag of Tricks without --BNeval, fast_adversarial).
+    - ``craft_scale``: with HE, the s of the crafting loss (None: ``scale``; 1 crafts on
+      unscaled cosines, as Bag of Tricks does).
+    - ``weight_norm``: with HE, the head weight's normalization mode (None: the model head's
+      own, True for a head that is not an HELinear; "project" is AT_HE's; see
+      :class:`~heat_fast.training.objective.Objective`).
+    """
+    objective = Objective(he, scale, margin, backend, craft_scale=craft_scale,
+                          weight_norm=weight_norm)
+    distance = canonical_norm(distance, "distance")
+    framework = cls(objective, epsilon, step_size, perturb_steps, start=random_start,
+                    eval_mode=eval_mode, generator=generator, norm=distance, **settings)
+    return framework.drop_in_loss(model, x, y, optimizer)

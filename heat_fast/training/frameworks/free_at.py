@@ -24,6 +24,9 @@ class FreeAT(Framework):
                  steps: int = 4, **options):
         if int(steps) < 1:
             raise ValueError(f"free-at needs at least one replay, got {steps}")
+        if objective.craft_scale not in (None, objective.scale):
+            raise ValueError("free-at crafts with its training loss (one backward for both), so "
+                             f"craft_scale={objective.craft_scale} cannot apply; leave it None")
         options["start"] = "none"
         super().__init__(objective, eps, eps if alpha is None else alpha, steps, **options)
         self.delta: Optional[Tensor] = None

@@ -10,8 +10,8 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from heat_fast.training.frameworks.base import Framework, LossResult
-from heat_fast.training.objective import Objective
+from heat_fast.reference import WeightNorm
+from heat_fast.training.frameworks.base import Framework, LossResult, drop_in_framework
 
 
 class PGDAT(Framework):
@@ -27,12 +27,16 @@ def pgd_at_loss(model: nn.Module, x_natural: Tensor, y: Tensor,
                 optimizer: Optional[torch.optim.Optimizer] = None, step_size: float = 2 / 255,
                 epsilon: float = 8 / 255, perturb_steps: int = 10, random_start: str = "uniform",
                 he: bool = False, scale: float = 15.0, margin: float = 0.2,
-                backend: str = "auto", generator: Optional[torch.Generator] = None) -> Tensor:
+                backend: str = "auto", generator: Optional[torch.Generator] = None, *,
+                distance: str = "l_inf", eval_mode: bool = True,
+                craft_scale: Optional[float] = None,
+                weight_norm: Optional[WeightNorm] = None) -> Tensor:
     """Drop-in PGD-AT loss: craft PGD, zero ``optimizer``'s grads, return the outer loss.
 
     The model's module modes are restored after crafting; call ``loss.backward()`` and
-    ``optimizer.step()`` yourself, as with the official TRADES ``trades_loss``.
+    ``optimizer.step()`` yourself, as with the official TRADES ``trades_loss``. The
+    keyword-only options: :func:`drop_in_framework`.
     """
-    framework = PGDAT(Objective(he, scale, margin, backend), epsilon, step_size, perturb_steps,
-                      random_start, generator=generator)
-    return framework.drop_in_loss(model, x_natural, y, optimizer)
+    return drop_in_framework(PGDAT, model, x_natural, y, optimizer, step_size, epsilon,
+                             perturb_steps, random_start, he, scale, margin, backend, generator,
+                             distance, eval_mode, craft_scale, weight_norm)

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from heat_fast.training.frameworks.base import Framework, LossResult
+from heat_fast._step_args import canonical_norm
+from heat_fast.reference import WeightNorm
+from heat_fast.training.frameworks.base import Framework, LossResult, drop_in_framework
 from heat_fast.training.objective import Objective
-
-DISTANCES = ("l_inf", "l_2")
 
 
 class TRADES(Framework):
@@ -33,11 +33,12 @@ class TRADES(Framework):
 
     def craft_loss(self, net: nn.Module, x_adv: Tensor, target: Tensor) -> Tensor:
         """Σ KL(p(x) ‖ p(x_adv)) with ``target`` = p(x), the clean probabilities."""
-        return self._kl_sum(self.objective.scaled_logits(self.objective.forward(net, x_adv)), target)
+        obj = self.objective
+        return self._kl_sum(obj.scaled_logits(obj.forward(net, x_adv), crafting=True), target)
 
     def loss(self, model: nn.Module, x: Tensor, y: Tensor) -> LossResult:
         obj = self.objective
-        clean_probs = F.softmax(obj.scaled_logits(self.clean_outputs(model, x)), dim=1)
+        clean_probs = F.softmax(obj.scaled_logits(self.clean_outputs(model, x), crafting=True), dim=1)
         x_adv = self.attack(model, x, clean_probs)
         clean = obj.forward(model, x)
         adv = obj.forward(model, x_adv)
@@ -51,18 +52,23 @@ def trades_loss(model: nn.Module, x_natural: Tensor, y: Tensor,
                 epsilon: float = 0.031, perturb_steps: int = 10, beta: float = 1.0,
                 distance: str = "l_inf", he: bool = False, scale: float = 15.0,
                 margin: float = 0.2, backend: str = "auto",
-                generator: Optional[torch.Generator] = None) -> Tensor:
+                generator: Optional[torch.Generator] = None, *, eval_mode: bool = True,
+                craft_scale: Optional[float] = None,
+                weight_norm: Optional[WeightNorm] = None) -> Tensor:
     """Drop-in for the official TRADES ``trades_loss`` (same signature and defaults).
 
-    Crafts with the model's modes switched to eval and restored, calls
+    Crafts from x + 0.001·N(0, I) with the model's modes switched to eval and restored, calls
     ``optimizer.zero_grad()``, and returns the loss for the caller's backward. As in the
     official code, ``distance='l_2'`` takes normalized-gradient steps of 2·ε/steps
-    (``step_size`` unused) projected onto the L2 ball.
+    (``step_size`` unused) projected onto the L2 ball. Where it differs from the official
+    code: the loss makes two train-mode forwards (x, x_adv) where the official makes three
+    (x, x_adv, x again; BN running statistics differ), and the L2 step projects onto the
+    ball before clipping to [0, 1] (the official clips first); heat_fast.compat has the
+    official algorithm. The keyword-only options:
+    :func:`~heat_fast.training.frameworks.base.drop_in_framework`.
     """
-    if distance not in DISTANCES:
-        raise ValueError(f"distance must be one of {DISTANCES}, got {distance!r}")
-    l2 = distance == "l_2"
+    l2 = canonical_norm(distance, "distance") == "l2"
     alpha = 2 * epsilon / max(perturb_steps, 1) if l2 else step_size
-    framework = TRADES(Objective(he, scale, margin, backend), epsilon, alpha, perturb_steps,
-                       beta, generator=generator, norm="l2" if l2 else "linf")
-    return framework.drop_in_loss(model, x_natural, y, optimizer)
+    return drop_in_framework(TRADES, model, x_natural, y, optimizer, alpha, epsilon,
+                             perturb_steps, "normal", he, scale, margin, backend, generator,
+                             distance, eval_mode, craft_scale, weight_norm, beta=beta)
