@@ -64,21 +64,24 @@ def assert_same_state(a: nn.Module, b: nn.Module):
             torch.testing.assert_close(x, y, **TOL, msg=lambda m: f"{name}: {m}")
 
 
+def train_step(fn, model: nn.Module, opt, x, y, seed: int) -> torch.Tensor:
+    """One step of loss function ``fn`` from RNG state ``seed``; returns the loss."""
+    torch.manual_seed(seed)
+    loss = fn(model, x, y, opt)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
 def lockstep(loss_fn, oracle_fn, he: bool, steps: int = 3):
     """``steps`` training steps of each loss function on its own copy, from the same RNG
     state and batch each step; losses, weights and BN statistics must agree."""
     (model, opt), (twin, twin_opt) = pair(he)
     for step in range(steps):
         x, y = batch(100 + step)
-        for m, o, fn, out in ((model, opt, loss_fn, "compat"), (twin, twin_opt, oracle_fn,
-                                                                 "oracle")):
-            torch.manual_seed(step)
-            loss = fn(m, x, y, o)
-            loss.backward()
-            o.step()
-            if out == "compat":
-                compat_loss = loss.detach()
-        torch.testing.assert_close(compat_loss, loss.detach(), **TOL)
+        got = train_step(loss_fn, model, opt, x, y, step)
+        want = train_step(oracle_fn, twin, twin_opt, x, y, step)
+        torch.testing.assert_close(got, want, **TOL)
         assert_same_state(model, twin)
 
 
@@ -206,16 +209,12 @@ def test_at_he_pgd_loss_with_a_project_head_matches_the_data_overwrite_model():
     twin = ProjectHeadNet(model)
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
             for m in (model, twin)]
+    def fn(m, x, y, o):
+        return at_he.pgd_loss(m, x, y, o, step_size=0.007, perturb_steps=3, loss="pgd_he",
+                              m=0.2, s=10.0)
     for step in range(3):
         x, y = batch(60 + step)
-        losses = []
-        for m, o in zip((model, twin), opts):
-            torch.manual_seed(step)
-            loss = at_he.pgd_loss(m, x, y, o, step_size=0.007, perturb_steps=3,
-                                  loss="pgd_he", m=0.2, s=10.0)
-            loss.backward()
-            o.step()
-            losses.append(loss.detach())
+        losses = [train_step(fn, m, o, x, y, step) for m, o in zip((model, twin), opts)]
         torch.testing.assert_close(losses[0], losses[1], **TOL)
         torch.testing.assert_close(model.fc.weight, twin.head.weight, **TOL)
         torch.testing.assert_close(model.conv.weight, twin.conv.weight, **TOL)
@@ -272,13 +271,13 @@ def test_trades_l2_zero_gradient_takes_the_official_random_step():
     model = CraftBlindNet(he=False)
     twin = copy.deepcopy(model)
     x, y = batch(7)
-    losses = []
-    for m, fn in ((model, lambda *a: trades.trades_loss(*a, epsilon=0.5, perturb_steps=3,
-                                                         beta=6.0, distance="l_2")),
-                  (twin, oracle_trades("l_2", epsilon=0.5))):
-        torch.manual_seed(3)
-        losses.append(fn(m, x, y, torch.optim.SGD(m.parameters(), lr=0.1)))
-    torch.testing.assert_close(losses[0], losses[1], **TOL)
+
+    def compat(m, x, y, o):
+        return trades.trades_loss(m, x, y, o, epsilon=0.5, perturb_steps=3, beta=6.0,
+                                  distance="l_2")
+    got, want = (train_step(fn, m, torch.optim.SGD(m.parameters(), lr=0.1), x, y, 3)
+                 for fn, m in ((compat, model), (oracle_trades("l_2", epsilon=0.5), twin)))
+    torch.testing.assert_close(got, want, **TOL)
     assert_same_state(model, twin)
 
 

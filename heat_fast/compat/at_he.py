@@ -12,12 +12,11 @@ caller's backward. With an ``*_he`` loss the model returns cosines (its WideResN
 here the fused O(B·C) :func:`heat_fast.ops.cos_margin_cross_entropy`; crafting uses it with
 margin 0 (PGD, ALP) or KL on s·cos (TRADES).
 
-Differences, all documented: the clean probabilities TRADES crafts against are computed once
-per call (the public loop recomputes the identical eval-mode value every step); crafting takes
-gradients with respect to the input only (the public ``autograd.grad`` does too); ``loss`` and
-``distance`` values the public code does not handle raise ValueError (it raises
-RuntimeError for an unknown ``loss`` and silently skips the attack for a ``distance`` other
-than 'l_inf'). Floating point: the fused loss forms log-sum-exp stably where HELoss
+Differences: the clean probabilities TRADES crafts against are computed once per call (the
+public loop recomputes the identical eval-mode value every step); ``loss`` and ``distance``
+values the public code does not handle raise ValueError (it raises RuntimeError for an
+unknown ``loss`` and silently skips the attack for a ``distance`` other than 'l_inf'), and so
+does an ``*_he`` loss without s or m. Floating point: the fused loss forms log-sum-exp stably where HELoss
 exponentiates s·cos directly; results agree to float32 rounding (tests/test_compat.py).
 """
 from __future__ import annotations

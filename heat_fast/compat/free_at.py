@@ -9,8 +9,9 @@ fgsm_step·sign(grad) and is clamped to [−clip_eps, clip_eps] — one fused
 :func:`heat_fast.ops.pgd_delta_step` with no box (the box is the clamp of x + noise in the
 forward), in place, so the noise carries over to the next replay and the next minibatch; then
 ``optimizer.step()``. (The public code clamps every row of the global noise; rows beyond B
-are already within ±clip_eps, so only the first B change.) The noise, fgsm_step and clip_eps are in pixel units ([0, 1] images,
-the configs' values divided by 255), as in the public code.
+are already within ±clip_eps, so only the first B change.) The noise, fgsm_step and clip_eps
+are in pixel units ([0, 1] images, the configs' values divided by 255), as in the public
+code.
 
 With ``s_HE`` (AT_HE's ``--FN``/``--WN`` runs, a model that returns cosines) the loss is
 CE(s·(cos − m·onehot(y)), y), the fused :func:`heat_fast.ops.cos_margin_cross_entropy`, where
