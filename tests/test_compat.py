@@ -220,6 +220,20 @@ def test_at_he_pgd_loss_with_a_project_head_matches_the_data_overwrite_model():
         torch.testing.assert_close(model.conv.weight, twin.conv.weight, **TOL)
 
 
+def test_at_he_losses_run_on_a_data_parallel_model():
+    """AT_HE wraps its model in nn.DataParallel; compat only calls it and switches modes."""
+    (model, opt), (twin, twin_opt) = pair(True)
+    wrapped = nn.DataParallel(twin)
+    x, y = batch(70)
+
+    def fn(m, x, y, o):
+        return at_he.trades_loss(m, x, y, o, perturb_steps=2, beta=6.0, loss="trades_he",
+                                 m=0.2, s=15.0)
+    torch.testing.assert_close(train_step(fn, model, opt, x, y, 0),
+                               train_step(fn, wrapped, twin_opt, x, y, 0), rtol=0, atol=0)
+    assert wrapped.training and twin.training
+
+
 def test_at_he_heloss_matches_public_formula():
     torch.manual_seed(0)
     cos = F.normalize(torch.randn(6, CLASSES), dim=1).requires_grad_()
