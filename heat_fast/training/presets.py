@@ -64,8 +64,9 @@ DESCRIPTIONS: Dict[str, str] = {
                     "weight norm project, 77 epochs",
     "at-he-alp": "AT_HE parity, ALP + HE: s 20, m 0.3, lambda 0.5, wd 2e-4, "
                  "weight norm project, 77 epochs",
-    "alp": "ALP (Kannan et al. 2018) on the AT_HE schedule: lambda 0.5, 77 epochs",
-    "alp-he": "ALP + HE (AT_HE): s 20, m 0.3, lambda 0.5, 77 epochs",
+    "alp": "ALP (Kannan et al. 2018) on the AT_HE schedule: lambda 0.5, wd 5e-4, 77 epochs",
+    "alp-he": "ALP + HE (AT_HE's s, m, lambda): s 20, m 0.3, lambda 0.5, wd 5e-4 as for "
+              "PGD-AT + HE (AT_HE's script default 2e-4: at-he-alp), 77 epochs",
     "trades": "TRADES, official recipe (Zhang et al. 2019): beta 6, wd 2e-4, 76 epochs",
     "trades-he": "TRADES + HE (AT_HE): s 15, m 0.2, beta 6, 76 epochs",
     "free-at": "FreeAT on ImageNet (Shafahi et al. 2019): ResNet-50, m 4 replays, eps 4/255, 23 epochs",
