@@ -182,7 +182,7 @@ def test_attack_sets_are_named():
 
 
 def test_attack_view_computes_the_model_and_puts_it_back(trained):
-    from heat_fast.evaluation.attack_view import as_layout, attack_view
+    from heat_fast.evaluation.attack_view import as_layout, attack_view, pick_view
     from heat_fast.training.folding import CraftingConv
 
     model, x, y = trained
@@ -196,7 +196,8 @@ def test_attack_view_computes_the_model_and_puts_it_back(trained):
         return logits.detach(), grad
 
     want_logits, want_grad = logits_and_grad(x)
-    with attack_view(model, x.device) as layout:
+    assert pick_view(model, x) == "channels_last"  # the fastest view that computes the model
+    with attack_view(model, "channels_last") as layout:
         assert layout == torch.channels_last  # on a CPU
         assert [type(m) for m in model.modules()].count(CraftingConv) == 1  # BN folded in
         assert isinstance(model[1], nn.Identity)
@@ -220,7 +221,7 @@ def test_attack_outputs_are_verified_on_the_model_as_given(trained, monkeypatch)
     x, y = x[keep], y[keep]
 
     @contextlib.contextmanager
-    def lying_view(net, device):
+    def lying_view(net, view):
         with torch.no_grad():
             net[-1].bias[0] += 1e4
         try:
@@ -233,3 +234,61 @@ def test_attack_outputs_are_verified_on_the_model_as_given(trained, monkeypatch)
     result = evaluate(model, x, y, 0.15, [CLEAN, "pgd5-ce", WORST], progress=False)
     assert result.accuracy[CLEAN] > 0.5
     assert torch.equal(result.correct[WORST], result.correct[CLEAN])
+
+
+class _FlattensWithView(nn.Module):
+    """Conv-BN-ReLU-pool, flattened with ``.view`` (fails on NHWC activations)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                  nn.MaxPool2d(2))
+        self.head = nn.Linear(8 * 4 * 4, 10)
+
+    def forward(self, x):
+        f = self.body(x)
+        return self.head(f.view(f.shape[0], -1))
+
+
+class _SharedConv(nn.Module):
+    """One conv used twice: once followed by a BN, once not (its BN must not be folded)."""
+
+    def __init__(self):
+        super().__init__()
+        conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.a = nn.Sequential(conv, nn.BatchNorm2d(3), nn.ReLU())
+        self.b = nn.Sequential(conv, nn.ReLU())
+        self.head = nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, x):
+        return self.head(self.b(self.a(x)).flatten(1))
+
+
+def _randomized_bn(model):
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen))
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.randn(m.num_features, generator=gen))
+    return model.eval()
+
+
+@pytest.mark.parametrize("make,view", [(_FlattensWithView, "folded"), (_SharedConv, "channels_last")])
+def test_views_that_would_change_the_model_are_not_used(make, view):
+    """A model that cannot run NHWC gets the NCHW folded view; a shared conv is not folded,
+    so the view still computes the model; evaluate runs and returns x's layout."""
+    from heat_fast.evaluation.attack_view import attack_view, pick_view
+
+    torch.manual_seed(0)
+    model = _randomized_bn(make())
+    gen = torch.Generator().manual_seed(4)
+    x, y = torch.rand(12, 3, 8, 8, generator=gen), torch.randint(0, 10, (12,), generator=gen)
+    assert pick_view(model, x) == view
+    with torch.no_grad():
+        want = model(x)
+        with attack_view(model, "folded"):
+            got = model(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    result = evaluate(model, x, y, 0.1, [CLEAN, "pgd3-ce", WORST], progress=False)
+    assert result.accuracy[WORST] <= result.accuracy[CLEAN]

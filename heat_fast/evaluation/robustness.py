@@ -31,7 +31,7 @@ from heat_fast.attacks import Attack, build_attack, eval_mode, predict
 from heat_fast.attacks.autoattack import AutoAttack
 from heat_fast.attacks.registry import parse_name
 from heat_fast.budget import format_eps
-from heat_fast.evaluation.attack_view import as_layout, attack_view
+from heat_fast.evaluation.attack_view import as_layout, attack_view, pick_view
 
 CLEAN = "clean"
 WORST = "worst-case"
@@ -126,6 +126,7 @@ class _Runner:
     def __init__(self, model: nn.Module, x: Tensor, y: Tensor, batch_size: int, bar):
         self.model, self.x, self.y, self.batch_size, self.bar = model, x, y, batch_size, bar
         self.device = _model_device(model, x.device)
+        self.view: Optional[str] = None
 
     def _batches(self, mask: Tensor, name: str, detail: str):
         idx = mask.nonzero().squeeze(1)
@@ -143,12 +144,16 @@ class _Runner:
         return correct
 
     def _craft(self, attack: Attack, x: Tensor, y: Tensor) -> Tensor:
-        """The attack's output; heat_fast's attacks query the model through
-        :func:`attack_view`, the official package the model as given."""
+        """The attack's output, in x's layout; heat_fast's attacks query the model through
+        the fastest :func:`attack_view` that computes it (picked on the first batch), the
+        official package the model as given."""
         if isinstance(attack, AutoAttack):
             return attack(self.model, x, y)
-        with attack_view(self.model, self.device) as layout:
-            return attack(self.model, as_layout(x, layout), y)
+        if self.view is None:
+            self.view = pick_view(self.model, x)
+        with attack_view(self.model, self.view) as layout:
+            x_adv = attack(self.model, as_layout(x, layout), y)
+        return x_adv if x_adv.stride() == x.stride() else torch.empty_like(x).copy_(x_adv)
 
     def survivors(self, name: str, attack: Attack, todo: Tensor) -> Tensor:
         """The examples of ``todo`` still classified correctly on the attack's output."""

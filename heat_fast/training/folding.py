@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
+from collections import Counter
 from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -108,15 +109,20 @@ def _other_layout(weight: Tensor, memory_format: torch.memory_format) -> bool:
 
 def _swaps(model: nn.Module, dtype: Optional[torch.dtype], memory_format: torch.memory_format
            ) -> List[Tuple[nn.Module, str, Optional[str]]]:
-    """(parent, conv name, name of the BN to fold or None) of every conv worth swapping."""
+    """(parent, conv name, name of the BN to fold or None) of every conv worth swapping. A
+    conv or BN held in more than one place (shared, or registered twice) is not folded: one
+    of its uses would run without the BN or with a BN it does not have."""
+    parents = list(model.modules())
+    uses = Counter(id(child) for parent in parents for child in parent._modules.values())
     found = []
-    for parent in model.modules():
+    for parent in parents:
         bn_after = _bn_after(parent)
         for name, conv in parent._modules.items():
             if not _plain_conv(conv):
                 continue
             bn_name = bn_after.get(name)
-            if not _foldable(conv, parent._modules.get(bn_name) if bn_name else None):
+            bn = parent._modules.get(bn_name) if bn_name else None
+            if not _foldable(conv, bn) or uses[id(conv)] > 1 or uses[id(bn)] > 1:
                 bn_name = None
             if (bn_name is not None or (dtype is not None and dtype != conv.weight.dtype)
                     or _other_layout(conv.weight, memory_format)):
