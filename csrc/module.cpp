@@ -2,7 +2,7 @@
 //
 // Importing heat_fast._C registers the ops torch.ops.heat_fast_C.* with the dispatcher; their
 // CPU kernels live in csrc/cpu, their CUDA kernels (HEAT_FAST_WITH_CUDA builds) in csrc/cuda.
-// Contracts: heat_fast/ops/he_loss.py and heat_fast/ops/pgd.py.
+// Contracts: heat_fast/ops/he_loss.py, heat_fast/ops/pgd.py and heat_fast/ops/affine_relu.py.
 #include <pybind11/pybind11.h>
 #include <torch/headeronly/version.h>
 #include <torch/library.h>
@@ -41,6 +41,8 @@ TORCH_LIBRARY(heat_fast_C, m) {
       "he_ce_backward(Tensor grad_rows, Tensor features, Tensor weight, Tensor grad_cos, "
       "Tensor feature_norms, Tensor weight_norms, bool feature_norm, bool weight_norm) "
       "-> (Tensor d_features, Tensor d_weight)");
+  m.def("affine_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
+  m.def("affine_relu_backward(Tensor grad, Tensor y, Tensor scale) -> Tensor");
   m.def(
       "pgd_step_(Tensor(a!) out, Tensor start, Tensor grad, Tensor x_nat, Tensor eps, "
       "Tensor alpha, Tensor clip_lo, Tensor clip_hi, str norm, bool delta) -> ()");

@@ -10,6 +10,8 @@ Kernel functions (contracts in heat_fast.ops.he_loss, heat_fast.ops.cos_loss and
 heat_fast.ops.pgd): ``he_ce_forward``, ``he_ce_backward``, ``cos_ce_forward``, ``pgd_step_``
 and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
+The per-channel affine + ReLU ops ``heat_fast_C::affine_relu`` and ``affine_relu_backward``
+(CPU only) are called by heat_fast.ops.affine_relu directly.
 ``he_cross_entropy`` is the whole differentiable loss, reduced inside the op
 ``heat_fast_C::he_cross_entropy``, whose autograd is C++ (no Python autograd wrapper).
 ``BUILD_INFO`` is the build metadata (torch, cuda, compiler, with_cuda, ...), empty when the
@@ -128,6 +130,14 @@ def _register_fakes() -> None:
     def _(grad_rows, features, weight, grad_cos, feature_norms, weight_norms, feature_norm,
           weight_norm):
         return torch.empty_like(features), torch.empty_like(weight)
+
+    @torch.library.register_fake("heat_fast_C::affine_relu")
+    def _(x, scale, shift):
+        return torch.empty_like(x)
+
+    @torch.library.register_fake("heat_fast_C::affine_relu_backward")
+    def _(grad, y, scale):
+        return torch.empty_like(y)
 
     @torch.library.register_fake("heat_fast_C::pgd_step_")
     def _(out, start, grad, x_nat, eps, alpha, clip_lo, clip_hi, norm, delta):

@@ -291,6 +291,33 @@ def test_trainer_with_a_user_model_loader_and_options(digits):
         Trainer(model, optimizer, loader, "mart")
 
 
+def test_trainer_runs_a_framework_with_the_four_argument_train_step(digits):
+    """A Framework subclass written against train_step(model, optimizer, x, y) that builds
+    StepStats without clean_count trains: the Trainer passes no measure_clean to it and
+    counts the batch's clean accuracy as measured."""
+    data, x, y = digits
+    from heat_fast.training.frameworks import PGDAT
+    from heat_fast.training.frameworks.base import StepStats, correct_count
+
+    class OwnStep(PGDAT):
+        def train_step(self, model, optimizer, x, y):
+            result = self.loss(model, x, y)
+            optimizer.zero_grad()
+            result.loss.backward()
+            optimizer.step()
+            clean = correct_count(self.clean_outputs(model, x), y)
+            return StepStats(result.loss.detach(), clean, correct_count(result.adv, y),
+                             int(y.shape[0]))
+
+    model = _model(data, True)
+    framework = OwnStep(Objective(True, 15.0, 0.2), eps=EPS, steps=2)
+    trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.05),
+                      [(x[:32], y[:32]), (x[32:], y[32:])], framework, progress=False)
+    stats = trainer.train_epoch()
+    assert stats["steps"] == 2 and 0 <= stats["train_clean_acc"] <= 1
+    assert StepStats(torch.zeros(()), torch.zeros(()), torch.zeros(()), 5).clean_count == 5
+
+
 def test_trainer_max_steps_and_tensor_loader(digits):
     data, _, _ = digits
     model = _model(data, False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from heat_fast.models.pooling import GlobalAvgPool
+from heat_fast.ops.affine_relu import batch_norm_relu
 
 
 class _PreActBlock(nn.Module):
@@ -20,7 +21,7 @@ class _PreActBlock(nn.Module):
                          else nn.Conv2d(cin, cout, 1, stride, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.relu(self.bn1(x))
+        act = batch_norm_relu(self.bn1, self.relu, x)
         skip = x if self.shortcut is None else self.shortcut(act)
         return self.conv2(self.relu(self.bn2(self.conv1(act)))) + skip
 

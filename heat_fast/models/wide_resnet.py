@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from heat_fast.models.pooling import GlobalAvgPool
+from heat_fast.ops.affine_relu import batch_norm_relu
 
 
 class _Block(nn.Module):
@@ -24,7 +25,7 @@ class _Block(nn.Module):
                          else nn.Conv2d(cin, cout, 1, stride, 0, bias=False))
 
     def forward(self, x: Tensor) -> Tensor:
-        act = self.relu1(self.bn1(x))
+        act = batch_norm_relu(self.bn1, self.relu1, x)
         out = self.conv2(self.relu2(self.bn2(self.conv1(act))))
         return out + (x if self.shortcut is None else self.shortcut(act))
 

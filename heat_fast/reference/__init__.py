@@ -2,6 +2,7 @@
 
 Every other backend is tested against these functions.
 """
+from heat_fast.reference.affine_relu import affine_relu
 from heat_fast.reference.he_loss import (
     WeightNorm,
     cos_margin_cross_entropy,
@@ -11,5 +12,5 @@ from heat_fast.reference.he_loss import (
 )
 from heat_fast.reference.pgd import pgd_delta_step, pgd_step, random_init
 
-__all__ = ["WeightNorm", "cos_margin_cross_entropy", "he_cross_entropy", "he_logits",
+__all__ = ["WeightNorm", "affine_relu", "cos_margin_cross_entropy", "he_cross_entropy", "he_logits",
            "pgd_delta_step", "pgd_step", "random_init", "resolve_weight_norm"]

@@ -31,6 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from heat_fast._hooks import has_hooks
+from heat_fast.ops.affine_relu import batch_norm_affine
+
 # conv -> its crafting convolution (which holds no reference to the conv)
 _SHADOWS: "weakref.WeakKeyDictionary[nn.Conv2d, CraftingConv]" = weakref.WeakKeyDictionary()
 _IDENTITY = nn.Identity()  # stands in for every folded BN (stateless, so one serves all)
@@ -65,10 +68,7 @@ class CraftingConv(nn.Module):
         weight = conv.weight
         bias = conv.bias if conv.bias is not None else torch.zeros_like(self.bias, dtype=weight.dtype)
         if bn is not None:
-            scale = torch.rsqrt(bn.running_var + bn.eps)
-            shift = -bn.running_mean * scale
-            if bn.affine:
-                scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
+            scale, shift = batch_norm_affine(bn)
             weight, bias = weight * scale.view(-1, 1, 1, 1), bias * scale + shift
         self.weight.copy_(weight)
         self.bias.copy_(bias)
@@ -79,19 +79,14 @@ class CraftingConv(nn.Module):
                         self.groups)
 
 
-def _hooked(module: nn.Module) -> bool:
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
-
-
 def _plain_conv(module: Optional[nn.Module]) -> bool:
     return (type(module) is nn.Conv2d and module.padding_mode == "zeros"
-            and not _hooked(module))
+            and not has_hooks(module))
 
 
 def _foldable(conv: nn.Conv2d, bn: Optional[nn.Module]) -> bool:
     return (type(bn) is nn.BatchNorm2d and not bn.training and bn.running_var is not None
-            and bn.num_features == conv.out_channels and not _hooked(bn))
+            and bn.num_features == conv.out_channels and not has_hooks(bn))
 
 
 def _bn_after(parent: nn.Module) -> Dict[str, str]:

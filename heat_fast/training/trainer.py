@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import time
 from typing import Callable, Dict, Iterable, List, Optional, Tuple, Union
 
@@ -14,10 +15,16 @@ from heat_fast.training.config import FRAMEWORK_DEFAULTS
 from heat_fast.reference import WeightNorm
 from heat_fast.training.distributed import Distributed, unwrap
 from heat_fast.training.frameworks import Framework, build_framework
+from heat_fast.training.frameworks.base import StepStats
 from heat_fast.training.objective import Objective
 
 SCHEDULER_INTERVALS = ("batch", "epoch")
 
+
+def _takes_argument(fn: Callable, name: str) -> bool:
+    """Whether ``fn`` accepts keyword argument ``name`` (by name or through ``**kwargs``)."""
+    parameters = inspect.signature(fn).parameters.values()
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 class Trainer:
     """Adversarially train ``model`` with ``framework`` (a name or a :class:`Framework`).
@@ -149,8 +156,7 @@ class Trainer:
                     break
                 x, y = self._prepare(x, y)
                 lr = self.optimizer.param_groups[0]["lr"]
-                stats = self.framework.train_step(self.train_model, self.optimizer, x, y,
-                                                  measure_clean=steps % self.clean_acc_every == 0)
+                stats = self._train_step(x, y, measure_clean=steps % self.clean_acc_every == 0)
                 if self.distributed is not None:
                     self.train_model.sync_buffers()
                 if self.scheduler is not None and self.scheduler_interval == "batch":
@@ -175,6 +181,15 @@ class Trainer:
                 "train_clean_acc": float(clean) / clean_count if clean_count else None,
                 "train_adv_acc": float(adv) / denom, "lr": lr, "steps": steps,
                 "train_seconds": time.perf_counter() - start}
+
+    def _train_step(self, x: Tensor, y: Tensor, measure_clean: bool) -> StepStats:
+        """The framework's step; ``measure_clean`` is passed only to a ``train_step`` that
+        takes it (a subclass written against the four-argument signature measures as it
+        does)."""
+        step = self.framework.train_step
+        if _takes_argument(step, "measure_clean"):
+            return step(self.train_model, self.optimizer, x, y, measure_clean=measure_clean)
+        return step(self.train_model, self.optimizer, x, y)
 
     def fit(self, epochs: int, start_epoch: int = 0,
             on_epoch_end: Optional[Callable[[int, Dict[str, float]], None]] = None

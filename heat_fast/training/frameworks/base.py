@@ -19,13 +19,18 @@ from heat_fast.training.objective import Objective, Outputs
 class StepStats:
     """One training step: mean ``loss``, the adversarial batch's correct count out of
     ``count`` examples and the clean batch's out of ``clean_count`` (0 when the step
-    measured no clean accuracy). Tensors, so no host synchronisation is forced."""
+    measured no clean accuracy; None, the default, means all ``count`` were measured).
+    Tensors, so no host synchronisation is forced."""
 
     loss: Tensor
     clean_correct: Tensor
     adv_correct: Tensor
     count: int
-    clean_count: int
+    clean_count: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.clean_count is None:
+            self.clean_count = self.count
 
 
 @dataclass
