@@ -2,7 +2,8 @@
 //
 // Importing heat_fast._C registers the ops torch.ops.heat_fast_C.* with the dispatcher; their
 // CPU kernels live in csrc/cpu, their CUDA kernels (HEAT_FAST_WITH_CUDA builds) in csrc/cuda.
-// Contracts: heat_fast/ops/he_loss.py, heat_fast/ops/pgd.py and heat_fast/ops/affine_relu.py.
+// Contracts: heat_fast/ops/he_loss.py, heat_fast/ops/pgd.py, heat_fast/ops/affine_relu.py
+// and heat_fast/ops/max_pool.py.
 #include <pybind11/pybind11.h>
 #include <torch/headeronly/version.h>
 #include <torch/library.h>
@@ -43,6 +44,10 @@ TORCH_LIBRARY(heat_fast_C, m) {
       "-> (Tensor d_features, Tensor d_weight)");
   m.def("affine_relu(Tensor x, Tensor scale, Tensor shift) -> Tensor");
   m.def("affine_relu_backward(Tensor grad, Tensor y, Tensor scale) -> Tensor");
+  m.def("max_pool2d(Tensor x, int kernel) -> (Tensor out, Tensor argmax)");
+  m.def(
+      "max_pool2d_backward(Tensor grad, Tensor argmax, int kernel, int height, int width, "
+      "bool channels_last) -> Tensor");
   m.def(
       "pgd_step_(Tensor(a!) out, Tensor start, Tensor grad, Tensor x_nat, Tensor eps, "
       "Tensor alpha, Tensor clip_lo, Tensor clip_hi, str norm, bool delta) -> ()");

@@ -11,7 +11,8 @@ heat_fast.ops.pgd): ``he_ce_forward``, ``he_ce_backward``, ``cos_ce_forward``, `
 and ``random_init_``; they call the
 dispatcher ops ``torch.ops.heat_fast_C.*``, whose fake implementations are registered here.
 The per-channel affine + ReLU ops ``heat_fast_C::affine_relu`` and ``affine_relu_backward``
-(CPU only) are called by heat_fast.ops.affine_relu directly.
+and the max-pool ops ``heat_fast_C::max_pool2d`` and ``max_pool2d_backward`` (CPU only) are
+called by heat_fast.ops.affine_relu and heat_fast.ops.max_pool directly.
 ``he_cross_entropy`` is the whole differentiable loss, reduced inside the op
 ``heat_fast_C::he_cross_entropy``, whose autograd is C++ (no Python autograd wrapper).
 ``BUILD_INFO`` is the build metadata (torch, cuda, compiler, with_cuda, ...), empty when the
@@ -138,6 +139,20 @@ def _register_fakes() -> None:
     @torch.library.register_fake("heat_fast_C::affine_relu_backward")
     def _(grad, y, scale):
         return torch.empty_like(y)
+
+    @torch.library.register_fake("heat_fast_C::max_pool2d")
+    def _(x, kernel):
+        layout = (torch.channels_last if not x.is_contiguous()
+                  and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        shape = (x.shape[0], x.shape[1], x.shape[2] // kernel, x.shape[3] // kernel)
+        return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout),
+                torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=layout))
+
+    @torch.library.register_fake("heat_fast_C::max_pool2d_backward")
+    def _(grad, argmax, kernel, height, width, channels_last):
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        shape = (grad.shape[0], grad.shape[1], height, width)
+        return torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=layout)
 
     @torch.library.register_fake("heat_fast_C::pgd_step_")
     def _(out, start, grad, x_nat, eps, alpha, clip_lo, clip_hi, norm, delta):

@@ -1,10 +1,6 @@
 """The per-channel affine + ReLU (heat_fast.ops.affine_relu): the native CPU op against the
 reference and against ``relu(bn(x))`` with an eval-mode BN, forward and backward, NCHW and
 channels_last, every float dtype; when models take the fused path and when they must not."""
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +14,7 @@ from heat_fast.ops import BackendUnavailableError
 from heat_fast.ops import affine_relu as affine_relu_module
 from heat_fast.ops.affine_relu import affine_relu, batch_norm_affine, batch_norm_relu
 from heat_fast.training.crafting import crafting, input_gradient
+from isa_variants import assert_isa_variants_agree
 from numerics import UNIT_ROUNDOFF, assert_error_ratio
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
@@ -219,7 +216,6 @@ def test_batch_norm_affine_is_the_eval_batch_norm():
 
 _VARIANT_SCRIPT = """
 import torch
-from heat_fast import native
 from heat_fast.ops.affine_relu import affine_relu
 gen = torch.Generator().manual_seed(5)
 out = []
@@ -233,23 +229,10 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
         y = affine_relu(x, scale, shift, backend="native")
         g = torch.randn(y.shape, generator=gen).to(dtype)
         out.append((y.detach(), torch.autograd.grad(y, x, g)[0]))
-torch.save({{"isa": native.cpu_isa(), "out": out}}, {path!r})
 """
 
 
 def test_instruction_set_variants_agree_bitwise(native_ops, tmp_path):
     """The baseline kernels (HEAT_FAST_CPU_ISA=baseline, a fresh process) and this process's
     widest ones give identical results: no FMA contraction in either."""
-    runs = {}
-    for isa in ("baseline", None):
-        path = tmp_path / f"{isa}.pt"
-        env = dict(os.environ)
-        env.pop("HEAT_FAST_CPU_ISA", None)
-        if isa:
-            env["HEAT_FAST_CPU_ISA"] = isa
-        subprocess.run([sys.executable, "-c", _VARIANT_SCRIPT.format(path=str(path))], env=env,
-                       check=True, timeout=300)
-        runs[isa] = torch.load(path)
-    assert runs["baseline"]["isa"] == "baseline"
-    for (y0, d0), (y1, d1) in zip(runs["baseline"]["out"], runs[None]["out"]):
-        assert torch.equal(y0, y1) and torch.equal(d0, d1)
+    assert_isa_variants_agree(_VARIANT_SCRIPT, tmp_path)

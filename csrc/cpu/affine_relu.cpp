@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "../checks.h"
+#include "dtypes.h"
 #include "isa.h"
 
 namespace heat_fast::cpu {
@@ -87,18 +88,6 @@ void check_x(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.dim() >= 2, name, " must have shape (N, C, ...), got ", x.sizes());
 }
 
-// Calls f(T{}, acc_t{}) for the C++ element type of t and its math type.
-template <typename F>
-void dispatch_float(at::ScalarType t, const F& f) {
-  switch (t) {
-    case at::kFloat: return f(float{}, float{});
-    case at::kDouble: return f(double{}, double{});
-    case at::kHalf: return f(c10::Half{}, float{});
-    case at::kBFloat16: return f(c10::BFloat16{}, float{});
-    default: TORCH_CHECK(false, "unsupported dtype ", t);
-  }
-}
-
 at::Tensor affine_relu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift) {
   check_x(x_in, "x");
   check_channel_vector(scale, "scale", x_in);
@@ -110,7 +99,7 @@ at::Tensor affine_relu(const at::Tensor& x_in, const at::Tensor& scale, const at
     return y;
   }
   const at::Tensor a = scale.contiguous(), b = shift.contiguous();
-  dispatch_float(x.scalar_type(), [&](auto elem, auto acc) {
+  dispatch_float_math(x.scalar_type(), [&](auto elem, auto acc) {
     using T = decltype(elem);
     using acc_t = decltype(acc);
     with_kernels<T, acc_t>([&](auto kernels) {
@@ -137,7 +126,7 @@ at::Tensor affine_relu_backward(const at::Tensor& grad_in, const at::Tensor& y_i
     return dx;
   }
   const at::Tensor a = scale.contiguous();
-  dispatch_float(y.scalar_type(), [&](auto elem, auto acc) {
+  dispatch_float_math(y.scalar_type(), [&](auto elem, auto acc) {
     using T = decltype(elem);
     using acc_t = decltype(acc);
     with_kernels<T, acc_t>([&](auto kernels) {

@@ -14,19 +14,15 @@ Triton or CUDA kernel for this op, as no GPU measurement has shown one to pay.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from heat_fast import native, reference
+from heat_fast import reference
 from heat_fast._hooks import has_hooks
-from heat_fast.ops.dispatch import ENV_VAR, BackendUnavailableError
-
-BACKENDS = ("reference", "native")
-
+from heat_fast.ops.dispatch import resolve_cpu_op_backend
 
 class _NativeAffineReLU(torch.autograd.Function):
     """The native op with its one-pass backward; gradient for x only (scale and shift are
@@ -45,26 +41,6 @@ class _NativeAffineReLU(torch.autograd.Function):
         return torch.ops.heat_fast_C.affine_relu_backward.default(grad, y, scale), None, None
 
 
-def _backend(backend: Optional[str], x: Tensor) -> str:
-    requested = (backend or "auto").lower()
-    if requested == "auto":
-        requested = (os.environ.get(ENV_VAR) or "auto").lower()
-        if requested not in BACKENDS:
-            requested = "auto"
-    elif requested not in BACKENDS:
-        raise ValueError(f"backend must be 'auto' or one of {BACKENDS} for affine_relu, got "
-                         f"{backend!r}")
-    reason = native.unavailable_reason(x.device, x.dtype)
-    if x.device.type != "cpu":
-        reason = f"no native affine_relu kernel for {x.device.type} tensors (CPU only)"
-    if requested == "auto":
-        return "native" if reason is None else "reference"
-    if requested == "native" and reason is not None:
-        raise BackendUnavailableError(f"backend 'native' cannot run affine_relu on "
-                                      f"{x.device.type} tensors of {x.dtype}: {reason}")
-    return requested
-
-
 def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, backend: Optional[str] = "auto"
                 ) -> Tensor:
     """max(x·scale_c + shift_c, 0) for x (N, C, ...) float and scale, shift (C,) float32
@@ -75,7 +51,7 @@ def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, backend: Optional[str] 
     "reference". Differentiable in x; where scale or shift requires grad (and grad mode is
     on) the reference runs, so their gradients are computed too. The native backward is
     first-order only (a double backward raises)."""
-    name = _backend(backend, x)
+    name = resolve_cpu_op_backend("affine_relu", backend, x)
     trainable = torch.is_grad_enabled() and (scale.requires_grad or shift.requires_grad)
     if name == "reference" or trainable:
         return reference.affine_relu(x, scale, shift)
@@ -103,7 +79,7 @@ def _fusable(bn: nn.Module, relu: nn.Module, x: Tensor) -> bool:
     if torch.is_grad_enabled() and any(p.requires_grad for p in bn.parameters()):
         return False
     return (x.dim() == 4 and x.device.type == "cpu" and not torch.compiler.is_compiling()
-            and _backend("auto", x) == "native")
+            and resolve_cpu_op_backend("affine_relu", "auto", x) == "native")
 
 
 def batch_norm_relu(bn: nn.Module, relu: nn.Module, x: Tensor) -> Tensor:

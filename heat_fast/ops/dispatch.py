@@ -97,6 +97,33 @@ def resolve_backend(backend: Optional[str], device: torch.device, dtype: torch.d
     return requested
 
 
+CPU_OP_BACKENDS: Tuple[str, ...] = ("reference", "native")
+
+
+def resolve_cpu_op_backend(op: str, backend: Optional[str], x: torch.Tensor) -> str:
+    """The backend of an op whose only fast kernels are the C++ CPU ones (``op`` names it in
+    errors): "auto" is "native" for CPU tensors the extension takes, else "reference", and
+    HEAT_FAST_BACKEND=reference or native overrides it (other values leave it "auto"); an
+    explicit "native" that cannot run raises :class:`BackendUnavailableError`."""
+    requested = (backend or "auto").lower()
+    if requested == "auto":
+        requested = (os.environ.get(ENV_VAR) or "auto").lower()
+        if requested not in CPU_OP_BACKENDS:
+            requested = "auto"
+    elif requested not in CPU_OP_BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {CPU_OP_BACKENDS} for {op}, got "
+                         f"{backend!r}")
+    reason = unavailable_reason("native", x.device, x.dtype)
+    if x.device.type != "cpu":
+        reason = f"no native {op} kernel for {x.device.type} tensors (CPU only)"
+    if requested == "auto":
+        return "native" if reason is None else "reference"
+    if requested == "native" and reason is not None:
+        raise BackendUnavailableError(f"backend 'native' cannot run {op} on "
+                                      f"{x.device.type} tensors of {x.dtype}: {reason}")
+    return requested
+
+
 def describe() -> Dict[str, Dict[str, str]]:
     """For each backend and device type, 'ok' or the reason it cannot run (float32)."""
     devices = [torch.device("cpu")]

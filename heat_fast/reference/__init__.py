@@ -10,7 +10,8 @@ from heat_fast.reference.he_loss import (
     he_logits,
     resolve_weight_norm,
 )
+from heat_fast.reference.max_pool import max_pool2d
 from heat_fast.reference.pgd import pgd_delta_step, pgd_step, random_init
 
 __all__ = ["WeightNorm", "affine_relu", "cos_margin_cross_entropy", "he_cross_entropy", "he_logits",
-           "pgd_delta_step", "pgd_step", "random_init", "resolve_weight_norm"]
+           "max_pool2d", "pgd_delta_step", "pgd_step", "random_init", "resolve_weight_norm"]
