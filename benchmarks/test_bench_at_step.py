@@ -21,10 +21,11 @@ Trainer's malloc tuning (heat_fast.training.allocator) is process-wide and must 
 the baseline. Run on CPU with OMP_NUM_THREADS unset (torch then uses every core) or set to
 the number of cores, on a quiet machine; compare ratios of one run only.
 
-On a shared machine whose load changes between cases, the last test times the baseline and
-the default step alternately (``interleaved``: one round = one step of each, so both see the
-same load) and records both medians and their ratio in ``extra_info``; it runs after the
-Trainer has tuned malloc, which then helps the baseline too (a conservative ratio).
+On a shared machine whose load changes between cases, the last test times the baseline, the
+default and the compiled step alternately (``interleaved``: one round = one step of each, so
+all see the same load) and records in ``extra_info`` the medians, the baseline/default ratio
+of medians and each pair's median per-round ratio; it runs after the Trainer has tuned
+malloc, which then helps the baseline too (a conservative ratio).
 """
 import os
 import resource
@@ -150,10 +151,13 @@ def test_pgd10_at_step_he(benchmark, variant, device, model_name, batch):
         minor_faults_per_step=(faults_after - faults_before) / calls[0])
 
 
+INTERLEAVED = ("plain-at-he", "default", "compile")
+
+
 @pytest.mark.parametrize("device,model_name,batch", [("cpu", m, b) for m, b in CASES["cpu"]])
 def test_pgd10_at_step_he_interleaved(benchmark, device, model_name, batch):
-    steps, times = {}, {"plain-at-he": [], "default": []}
-    for variant in times:
+    steps, times = {}, {variant: [] for variant in INTERLEAVED}
+    for variant in INTERLEAVED:
         torch.manual_seed(0)
         model = build_model(model_name, 10, he=True).to(device)
         gen = torch.Generator(device).manual_seed(1)
@@ -163,19 +167,27 @@ def test_pgd10_at_step_he_interleaved(benchmark, device, model_name, batch):
         for _ in range(2):
             steps[variant]()
 
-    def both():
+    def each():
         for variant, step in steps.items():
             start = time.perf_counter()
             step()
             times[variant].append(time.perf_counter() - start)
 
+    def per_round(slow, fast):
+        """Median over rounds of slow/fast, each round's pair timed under the same load."""
+        return statistics.median(a / b for a, b in zip(times[slow][1:], times[fast][1:]))
+
     load_before = os.getloadavg()[0]
     benchmark.group = f"PGD-10 AT step + HE, {model_name} B{batch} {device}, interleaved"
-    benchmark.pedantic(both, rounds=10, iterations=1, warmup_rounds=1)
+    benchmark.pedantic(each, rounds=10, iterations=1, warmup_rounds=1)
     medians = {variant: statistics.median(t[1:]) for variant, t in times.items()}
     benchmark.extra_info.update(
         backend="interleaved", device=device, torch=torch.__version__,
-        images_per_step=2 * batch, loadavg_before=load_before, loadavg_after=os.getloadavg()[0],
-        median_seconds=medians, min_seconds={v: min(t[1:]) for v, t in times.items()},
+        images_per_step=len(INTERLEAVED) * batch, loadavg_before=load_before,
+        loadavg_after=os.getloadavg()[0], median_seconds=medians,
+        min_seconds={v: min(t[1:]) for v, t in times.items()},
         ratio_of_medians=medians["plain-at-he"] / medians["default"],
-        ratio_of_minimums=min(times["plain-at-he"][1:]) / min(times["default"][1:]))
+        ratio_of_minimums=min(times["plain-at-he"][1:]) / min(times["default"][1:]),
+        per_round_ratios={"default vs plain-at-he": per_round("plain-at-he", "default"),
+                          "compile vs plain-at-he": per_round("plain-at-he", "compile"),
+                          "compile vs default": per_round("default", "compile")})
