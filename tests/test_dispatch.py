@@ -5,6 +5,7 @@ import torch
 import heat_fast as hf
 from heat_fast.cli import main as cli_main
 from heat_fast.ops import dispatch
+from heat_fast.training import precision
 
 CPU = torch.device("cpu")
 
@@ -51,6 +52,8 @@ def test_info_lists_every_backend(capsys):
     for name in dispatch.BACKENDS:
         assert name in printed
     assert torch.__version__ in printed and "auto on cpu" in printed
+    path = precision.fast_path("cpu")
+    assert f"training on cpu: {precision.describe('cpu', path.bf16, path.channels_last)}" in printed
 
 
 def test_unknown_subcommand_exits_2(capsys):

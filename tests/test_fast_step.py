@@ -42,31 +42,38 @@ def _images(batch=8, channels=3, size=16, seed=0):
 
 # --- where bf16 and channels_last pay -----------------------------------------------------
 
-def _fake_cpu(monkeypatch, tmp_path, cpuinfo_flags, torch_flags):
+def _fake_cpu(monkeypatch, tmp_path, cpuinfo_flags, torch_flags, onednn=True):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {' '.join(cpuinfo_flags)}\n")
     monkeypatch.setattr(precision, "CPUINFO", str(cpuinfo))
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {f: True for f in torch_flags})
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: onednn)
 
 
-@pytest.mark.parametrize("cpuinfo_flags,torch_flags,expected", [
-    (["avx2", "avx512f", "avx512_bf16"], [], True),
-    (["avx2", "amx_tile", "amx_bf16"], [], True),
-    ([], ["avx512_bf16"], True),                   # torch's capabilities are enough
-    (["avx2", "avx512f"], ["avx512f"], False),    # AVX-512 without bf16: emulated, slower
-    ([], [], False),
+@pytest.mark.parametrize("cpuinfo_flags,torch_flags,onednn,bf16,channels_last", [
+    (["avx2", "avx512f", "avx512_bf16"], [], True, True, True),
+    (["avx2", "amx_tile", "amx_bf16"], [], True, True, True),
+    ([], ["avx512_bf16"], True, True, True),              # torch's capabilities are enough
+    (["avx2", "avx512f"], ["avx512f"], True, False, True),  # no bf16: emulated; oneDNN NHWC
+    ([], ["avx2"], True, False, True),
+    (["avx2"], ["avx2"], False, False, False),            # no oneDNN: no NHWC kernels known
+    ([], [], True, False, False),                         # no AVX2 (e.g. an Arm CPU)
 ])
-def test_fast_path_on_cpu_follows_native_bf16(monkeypatch, tmp_path, cpuinfo_flags,
-                                              torch_flags, expected):
-    _fake_cpu(monkeypatch, tmp_path, cpuinfo_flags, torch_flags)
+def test_fast_path_on_cpu_follows_native_bf16_and_onednn(monkeypatch, tmp_path, cpuinfo_flags,
+                                                         torch_flags, onednn, bf16,
+                                                         channels_last):
+    _fake_cpu(monkeypatch, tmp_path, cpuinfo_flags, torch_flags, onednn)
     path = precision.fast_path("cpu")
-    assert (path.bf16, path.channels_last) == (expected, expected)
-    assert ("bf16" in path.reason) and (expected == ("neither" not in path.reason))
-    assert precision.resolve("cpu", False, None) == precision.FastPath(False, expected, path.reason)
+    assert (path.bf16, path.channels_last) == (bf16, channels_last)
+    assert ("bf16" in path.reason) and (bf16 == ("neither" not in path.reason))
+    assert channels_last == ("channels_last" in path.reason or bf16)
+    assert precision.resolve("cpu", False, None) == precision.FastPath(False, channels_last,
+                                                                      path.reason)
     assert precision.resolve("cpu", None, True).channels_last is True
+    assert precision.resolve("cpu", None, False) == precision.FastPath(bf16, False, path.reason)
     described = precision.describe("cpu", True, True)
     assert described.startswith("bf16 autocast, channels_last")
-    assert ("default here" in described) and (("as asked" in described) != expected)
+    assert ("default here" in described) and (("as asked" in described) != bf16)
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
@@ -81,15 +88,16 @@ def test_fast_path_on_cuda_follows_native_bf16(monkeypatch, native_bf16):
 
 
 def test_config_and_trainer_fill_the_device_default(monkeypatch, tmp_path, digits):
-    for flags, on in ((["avx512_bf16"], True), ([], False)):
+    for flags, on, nhwc in ((["avx512_bf16"], True, True), (["avx2"], False, True),
+                            ([], False, False)):
         _fake_cpu(monkeypatch, tmp_path, flags, [])
         cfg = TrainConfig(device="cpu").resolved()
-        assert (cfg.bf16, cfg.channels_last, cfg.compile) == (on, on, False)
+        assert (cfg.bf16, cfg.channels_last, cfg.compile) == (on, nhwc, False)
         assert TrainConfig(device="cpu", bf16=False, channels_last=False).resolved().bf16 is False
         data, x, y = digits
         model = _model(data)
         trainer = Trainer(model, torch.optim.SGD(model.parameters(), lr=0.1), [], progress=False)
-        assert trainer.framework.objective.bf16 is on and trainer.channels_last is on
+        assert trainer.framework.objective.bf16 is on and trainer.channels_last is nhwc
         assert trainer.fast_path == precision.fast_path("cpu")
 
 

@@ -11,6 +11,7 @@ import torch
 import heat_fast
 from heat_fast import native
 from heat_fast.ops import dispatch, he_loss_chunked
+from heat_fast.training import precision
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -71,6 +72,10 @@ def report(batch: Optional[int] = None, classes: Optional[int] = None) -> str:
             lines.append(f"  {name:<9} {device.type:<4}  " + "; ".join(cells))
     for device in devices:
         lines.append(f"auto on {device.type}: {dispatch.resolve_backend('auto', device, torch.float32)}")
+    for device in devices:
+        path = precision.fast_path(device)
+        lines.append(f"training on {device.type}: "
+                     f"{precision.describe(device, path.bf16, path.channels_last)}")
     lines += he_loss_path(batch, classes)
     return "\n".join(lines)
 
