@@ -9,7 +9,7 @@ channels_last pays wherever the convolutions run in an NHWC layout: on a bf16 GP
 tensor-core convolutions) and on an x86 CPU with AVX2 or AVX-512 under oneDNN, whose float32
 and bf16 convolutions read NHWC directly but reorder NCHW activations to a blocked layout at
 every call (float32 PGD-10 AT steps, channels_last against NCHW: 1.06-1.34x on an AVX-512
-CPU, 1.10-1.20x on an AVX2 one; benchmarks/RESULTS.md). Elsewhere (other CPUs, torch without
+CPU, 1.10-1.23x on an AVX2 one; benchmarks/RESULTS.md). Elsewhere (other CPUs, torch without
 oneDNN, GPUs without bf16) it is unmeasured and stays off.
 """
 from __future__ import annotations
