@@ -61,15 +61,16 @@ def test_native_equals_reference(native_ops, shape, kernel, dtype, channels_last
     assert (dx != 0).sum() <= grad.numel()
 
 
-def test_nan_wins_its_window_and_takes_the_gradient(native_ops):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_wins_its_window_and_takes_the_gradient(native_ops, dtype):
     """As torch's max-pool: a window holding NaN pools to NaN, and its last NaN takes the
-    gradient; other windows are unaffected."""
-    x = _input((2, 6, 6, 6), torch.float32, seed=4)
+    gradient; other windows are unaffected (16 channels: whole vectors of windows)."""
+    x = _input((2, 16, 6, 6), dtype, seed=4)
     x[0, 1, 0, 1] = x[0, 1, 1, 0] = float("nan")
     x[1, 5, 4, 4] = float("nan")
     for channels_last in (False, True):
         xl = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-        grad = torch.randn(2, 6, 3, 3, generator=torch.Generator().manual_seed(1))
+        grad = torch.randn(2, 16, 3, 3, generator=torch.Generator().manual_seed(1)).to(dtype)
         out, dx = _pool_and_grad(xl, 2, grad, "native")
         out_ref, dx_ref = _pool_and_grad(xl, 2, grad, "reference")
         assert torch.equal(out.isnan(), out_ref.isnan()) and out.isnan().sum() == 2
