@@ -59,6 +59,26 @@ def test_normalization_lives_inside_the_model_as_buffers():
         assert not torch.allclose(model(x), expected)
 
 
+@pytest.mark.parametrize("shape", [(128, 3, 32, 32), (3, 3, 5, 7), (2, 4, 6, 6), (5, 1, 4, 4)])
+def test_channels_last_normalization_is_the_broadcast_bit_for_bit(shape):
+    """normalize() of a channels_last x (on image rows) equals (x - mean) / std
+    in values and input gradients, in float32 and float64, and keeps the layout."""
+    n, c, h, w = shape
+    gen = torch.Generator().manual_seed(sum(shape))
+    model = build_model("small-cnn", 10, True, c, 8, mean=torch.rand(c, generator=gen).tolist(),
+                        std=(0.1 + torch.rand(c, generator=gen)).tolist())
+    for dtype in (torch.float32, torch.float64):
+        x = torch.rand(shape, generator=gen, dtype=dtype).contiguous(
+            memory_format=torch.channels_last).requires_grad_(True)
+        grad = torch.randn(shape, generator=gen, dtype=dtype)
+        out = model.normalize(x)
+        expected = (x - model.mean) / model.std
+        assert out.dtype == expected.dtype and torch.equal(out, expected)
+        assert out.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(torch.autograd.grad(out, x, grad)[0],
+                           torch.autograd.grad(expected, x, grad)[0])
+
+
 def test_unknown_model_and_bad_arguments():
     with pytest.raises(ValueError, match="valid names: wrn-34-10.*small-cnn"):
         build_model("vgg16", 10, False)
@@ -101,3 +121,14 @@ def test_small_cnn_is_conv_bn_relu_stages_with_the_pool_after_the_second():
         (g_got,) = torch.autograd.grad(got.square().sum(), got_x)
         (g_want,) = torch.autograd.grad(want.square().sum(), want_x)
         torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-6)
+
+
+def test_channels_last_normalization_compiles_with_dynamic_shapes():
+    """normalize() traces into one graph whatever the batch and image size (as a compiled
+    attack recompiled for a second shape needs) and computes the eager values."""
+    gen = torch.Generator().manual_seed(3)
+    model = build_model("small-cnn", 10, True, 3, 8, mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.25])
+    compiled = torch.compile(model.normalize, dynamic=True, fullgraph=True)
+    for shape in [(4, 3, 8, 8), (5, 3, 6, 10)]:
+        x = torch.rand(shape, generator=gen).contiguous(memory_format=torch.channels_last)
+        assert torch.equal(compiled(x), model.normalize(x))
