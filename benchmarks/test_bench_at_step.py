@@ -2,12 +2,13 @@
 
 The baseline (``backend`` "reference" in the JSON, so benchmarks/report.py gives every ratio
 against it) is a plain-torch loop in the style of the HE paper's public code
-(ShawnXYang/AT_HE), written here from its published algorithm: the model returns cosines
-from a bias-free head whose weight rows are overwritten with their normalized values at
-every forward; PGD-10 with ε 8/255, step 2/255 from x + 0.001·N(0, I), crafting on CE(s·cos)
-in eval mode; the update on CE(s·(cos − m·1_y)) with SGD; float32, NCHW. (AT_HE evaluates
-that loss with a per-row Python loop; one ``F.cross_entropy`` computes the same value and
-only makes the baseline faster.)
+(ShawnXYang/AT_HE), written here from its published algorithm: the model (heat_fast's
+architecture with torch's ``nn.MaxPool2d``, as the public code pools, in place of heat_fast's
+native max-pool) returns cosines from a bias-free head whose weight rows are overwritten with
+their normalized values at every forward; PGD-10 with ε 8/255, step 2/255 from
+x + 0.001·N(0, I), crafting on CE(s·cos) in eval mode; the update on CE(s·(cos − m·1_y)) with
+SGD; float32, NCHW. (AT_HE evaluates that loss with a per-row Python loop; one
+``F.cross_entropy`` computes the same value and only makes the baseline faster.)
 
 heat_fast's variants run the same step through a :class:`heat_fast.training.Trainer`'s
 framework with the Trainer's settings: ``default`` (bf16 autocast and channels_last where
@@ -39,6 +40,7 @@ from torch import nn
 
 from benchutil import run_timed
 from heat_fast.models import build_model
+from heat_fast.models.pooling import MaxPool
 from heat_fast.training import Trainer
 
 EPS, ALPHA, STEPS, SCALE, MARGIN = 8 / 255, 2 / 255, 10, 15.0, 0.2
@@ -51,13 +53,24 @@ PARAMS = [(variant, device, model, batch) for variant in VARIANTS
           for device in CASES for model, batch in CASES[device]]
 
 
+def _with_torch_pooling(model: nn.Module) -> nn.Module:
+    """``model`` with every heat_fast MaxPool swapped for the ``nn.MaxPool2d`` it equals (same
+    values and gradients), so that the baseline's body is plain torch throughout."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, MaxPool):
+                setattr(module, name, nn.MaxPool2d(child.kernel_size))
+    return model
+
+
 class _AtHeNet(nn.Module):
     """AT_HE's HE network: body features, normalized, times a weight row-normalized in place
     at every forward (no gradient through that normalization); returns cos θ (B, C)."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.model = model  # a heat_fast model for its normalization and body only
+        # a heat_fast model for its normalization and body only, with torch's pooling
+        self.model = _with_torch_pooling(model)
         self.fc = nn.Linear(model.head.weight.shape[1], model.head.weight.shape[0], bias=False)
 
     def forward(self, x):
