@@ -1,5 +1,5 @@
 """Where an AT step's CPU time goes inside oneDNN: one PGD-10 + HE step of a benchmark variant
-(see test_bench_at_step.py) run with oneDNN's verbose log, its primitive execution times
+(see at_step.py) run with oneDNN's verbose log, its primitive execution times
 summed per primitive, implementation and propagation kind.
 
     python benchmarks/at_step_onednn.py preact-resnet18 32 default plain-at-he
@@ -22,7 +22,7 @@ VARIANTS = ("plain-at-he", "default", "fp32", "compile")
 def run_step_verbosely(model_name: str, batch: int, variant: str) -> None:
     """Two warm-up steps, then one step with oneDNN's verbose log on stdout."""
     sys.path.insert(0, str(BENCHMARKS))
-    from test_bench_at_step import _step_fn
+    from at_step import step_fn
 
     from heat_fast.models import build_model
 
@@ -31,7 +31,7 @@ def run_step_verbosely(model_name: str, batch: int, variant: str) -> None:
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(batch, 3, 32, 32, generator=gen)
     y = torch.randint(0, 10, (batch,), generator=gen)
-    step = _step_fn(variant, model, x, y)[0]
+    step = step_fn(variant, model, x, y)[0]
     for _ in range(2):
         step()
     sys.stdout.flush()

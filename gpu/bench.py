@@ -12,8 +12,10 @@ Cases (each implementation of a case runs on the same inputs):
   torch.nn.functional.linear_cross_entropy (m = 0), with peak memory beyond the inputs;
 - pgd_step L-inf at 128x3x32x32 and 256x3x224x224 against a device copy of the same bytes
   (target: >= 80% of the copy's bandwidth, counting 3 reads + 1 write);
-- one PGD-10 AT step with HE of PreActResNet-18 and WRN-34-10 at batch 128: the fp32 eager
-  reference path against the fused ops with bf16 autocast and channels_last (target >= 2.5x).
+- one PGD-10 AT step with HE of PreActResNet-18 and WRN-34-10 at batch 128: heat_fast's
+  default step (bf16 autocast, channels_last, the fused ops) against the plain-torch
+  AT_HE-style loop and heat_fast's eager reference path, both float32 (benchmarks/at_step.py;
+  target >= 2.5x).
 
 GPU timing: CUDA events around blocks of back-to-back calls (no synchronisation per call), the
 median over blocks. torch.compile's dynamo state is reset before each compiled case, so no case
@@ -30,12 +32,12 @@ import statistics
 import sys
 import time
 import traceback
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]  # heat_fast; at_step, the AT step
 
 import heat_fast as hf  # noqa: E402
 
@@ -186,40 +188,45 @@ def bench_pgd(clock: Clock, device, shapes, dtypes, backends) -> List[Dict]:
     return rows
 
 
-def at_step(model_name: str, batch: int, device, fastest: bool, image: int,
-            channels: int) -> Callable[[], object]:
-    """One PGD-10 AT step with HE (craft + update) of the training frameworks."""
+def at_step(model_name: str, batch: int, device, variant: str, image: int,
+            channels: int) -> Tuple[Callable[[], object], str]:
+    """One PGD-10 AT step with HE (craft + update) of benchmarks/at_step.py's ``variant``, and
+    its settings in words."""
+    from at_step import step_fn
+
     from heat_fast.models import build_model
-    from heat_fast.training import Objective, build_framework
 
     torch.manual_seed(0)
     model = build_model(model_name, 10, he=True, in_channels=channels,
                         image_size=image).to(device)
-    memory_format = torch.channels_last if fastest else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    objective = Objective(he=True, scale=15.0, margin=0.2,
-                          backend="auto" if fastest else "reference", bf16=fastest)
-    framework = build_framework("pgd-at", objective, eps=8 / 255, alpha=2 / 255, steps=10,
-                                generator=torch.Generator(device).manual_seed(0))
     gen = torch.Generator(device).manual_seed(1)
     x = torch.rand(batch, channels, image, image, device=device, generator=gen)
-    x = x.contiguous(memory_format=memory_format)
     y = torch.randint(0, 10, (batch,), device=device, generator=gen)
-    model.train()
-    return lambda: framework.train_step(model, optimizer, x, y)
+    return step_fn(variant, model, x, y)
+
+
+AT_STEP_VARIANTS = {"plain-at-he": "plain-torch AT_HE-style loop",
+                    "reference": "heat_fast fp32 eager reference path",
+                    "default": "heat_fast default"}
 
 
 def bench_at_step(clock: Clock, device, models, batch, image, channels) -> List[Dict]:
+    """heat_fast's default step (the device's settings: bf16 autocast and channels_last on a
+    bf16 GPU) against the plain-torch AT_HE-style loop (issue 17) and heat_fast's float32
+    eager reference path (SPEC §7), both float32 NCHW."""
     rows = []
     for model_name in models:
-        eager = clock(at_step(model_name, batch, device, False, image, channels))
-        fast = clock(at_step(model_name, batch, device, True, image, channels))
-        for impl, dtype, ms in (("fp32 eager reference", "float32", eager),
-                                ("fused + bf16 + channels_last", "bfloat16 autocast", fast)):
-            rows.append(dict(case=f"PGD-10 AT step +HE {model_name}", impl=impl, dtype=dtype,
-                             shape=f"B{batch} {channels}x{image}x{image}", ms=ms,
-                             images_per_s=batch / ms * 1e3, vs_eager=eager / ms))
+        times, settings = {}, {}
+        for variant in AT_STEP_VARIANTS:  # the plain loop first, timed before any Trainer
+            step, settings[variant] = at_step(model_name, batch, device, variant, image,
+                                              channels)
+            times[variant] = clock(step)
+        for variant, impl in AT_STEP_VARIANTS.items():
+            rows.append(dict(case=f"PGD-10 AT step +HE {model_name}", impl=impl,
+                             dtype=settings[variant], shape=f"B{batch} {channels}x{image}x{image}",
+                             ms=times[variant], images_per_s=batch / times[variant] * 1e3,
+                             vs_plain=times["plain-at-he"] / times[variant],
+                             vs_eager=times["reference"] / times[variant]))
     return rows
 
 
@@ -241,8 +248,8 @@ def markdown(env: Dict, rows: List[Dict], problems: List[str]) -> str:
              "| case | implementation | dtype | shape | ms | ratio |", "|---|---|---|---|---:|---|"]
     for r in rows:
         ratio = ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r.items()
-                          if k in ("vs_eager", "vs_compiled", "vs_floor", "of_copy_bandwidth",
-                                   "of_bc_float32_buffer"))
+                          if k in ("vs_eager", "vs_compiled", "vs_plain", "vs_floor",
+                                   "of_copy_bandwidth", "of_bc_float32_buffer"))
         extra = "".join(f", {k.replace('_', ' ')} {v:.0f}" for k, v in r.items()
                         if k in ("gb_per_s", "images_per_s", "peak_mib_beyond_inputs"))
         lines.append(f"| {r['case']} | {r['impl']} | {r['dtype']} | {r['shape']} "
