@@ -61,9 +61,10 @@ class Classifier(nn.Module):
         of (1, C, 1, 1) over them runs element by element; the same subtraction and division
         run on image rows (W pixels × C channels) against mean and std tiled to that length
         (values and gradients bit for bit the same, 4× faster on CPU at C = 3, W = 32)."""
-        n, c, h, w = x.shape
-        if c == 1 or x.is_contiguous() or not x.is_contiguous(memory_format=torch.channels_last):
+        if x.dim() != 4 or x.shape[1] == 1 or x.is_contiguous() or not x.is_contiguous(
+                memory_format=torch.channels_last):
             return (x - self.mean) / self.std
+        n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)
         tiled = (rows - self.mean.view(c).repeat(w)) / self.std.view(c).repeat(w)
         return tiled.view(n, h, w, c).permute(0, 3, 1, 2)
