@@ -21,6 +21,8 @@ GPU timing: CUDA events around blocks of back-to-back calls (no synchronisation 
 median over blocks. torch.compile's dynamo state is reset before each compiled case, so no case
 falls back to eager through the recompile limit. Writes DIR/bench.json and DIR/bench.md; a case
 that fails is recorded with its error and the run goes on; cases past --budget are skipped.
+Both files are rewritten after every case, so a run killed by its time limit keeps what it
+measured.
 """
 from __future__ import annotations
 
@@ -258,6 +260,14 @@ def markdown(env: Dict, rows: List[Dict], problems: List[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(out: str, env: Dict, rows: List[Dict], problems: List[str]) -> None:
+    """DIR/bench.json and DIR/bench.md with the figures so far."""
+    with open(os.path.join(out, "bench.json"), "w", encoding="utf-8") as f:
+        json.dump({"environment": env, "rows": rows, "problems": problems}, f, indent=1)
+    with open(os.path.join(out, "bench.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(env, rows, problems))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="folder for bench.json and bench.md")
@@ -300,12 +310,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             problems.append(f"{name}: {type(error).__name__}: {error}")
             traceback.print_exc()
         print(f"{name}: {time.monotonic() - case_start:.1f} s", flush=True)
-    with open(os.path.join(args.out, "bench.json"), "w", encoding="utf-8") as f:
-        json.dump({"environment": env, "rows": rows, "problems": problems}, f, indent=1)
-    table = markdown(env, rows, problems)
-    with open(os.path.join(args.out, "bench.md"), "w", encoding="utf-8") as f:
-        f.write(table)
-    print(table)
+        write_results(args.out, env, rows, problems)  # a run killed later keeps these figures
+    print(markdown(env, rows, problems))
     return 1 if problems else 0
 
 

@@ -15,9 +15,9 @@ from isa_variants import assert_isa_variants_agree
 
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # (shape, kernel): remainder rows and columns, one window per plane, channels shorter and
-# longer than a vector, the largest native kernel
+# longer than a vector, NCHW rows of whole vectors of windows, the largest native kernel
 CASES = [((2, 3, 8, 8), 2), ((3, 5, 7, 9), 2), ((1, 17, 2, 2), 2), ((2, 33, 9, 11), 3),
-         ((2, 70, 10, 6), 5), ((1, 4, 5, 4), 1), ((1, 3, 17, 16), 16)]
+         ((2, 70, 10, 6), 5), ((1, 4, 5, 4), 1), ((2, 3, 4, 41), 2), ((1, 3, 17, 16), 16)]
 
 
 @pytest.fixture

@@ -132,3 +132,13 @@ def test_channels_last_normalization_compiles_with_dynamic_shapes():
     for shape in [(4, 3, 8, 8), (5, 3, 6, 10)]:
         x = torch.rand(shape, generator=gen).contiguous(memory_format=torch.channels_last)
         assert torch.equal(compiled(x), model.normalize(x))
+
+
+def test_normalization_under_vmap_is_the_broadcast():
+    """Per-sample inputs under torch.vmap (whose layout cannot be queried there) take the
+    broadcast: the same values as normalizing the whole batch."""
+    gen = torch.Generator().manual_seed(5)
+    model = build_model("small-cnn", 10, True, 3, 8, mean=[0.4, 0.5, 0.6], std=[0.2, 0.3, 0.25])
+    x = torch.rand(3, 2, 3, 8, 8, generator=gen)
+    out = torch.vmap(model.normalize, in_dims=1)(x)
+    assert torch.equal(out, model.normalize(x.transpose(0, 1)))

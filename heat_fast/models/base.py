@@ -13,6 +13,7 @@ from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch._C._functorch import is_functorch_wrapped_tensor
 
 from heat_fast.nn import HELinear
 
@@ -27,6 +28,12 @@ def _channel_buffer(name: str, values: Optional[Sequence[float]], channels: int,
     if name == "std" and min(values) <= 0:
         raise ValueError(f"std must be > 0 for every channel, got {values}")
     return torch.tensor(values, dtype=torch.float32).view(1, channels, 1, 1)
+
+
+def _under_vmap(x: Tensor) -> bool:
+    """Whether x is a per-sample tensor of torch.vmap, whose layout cannot be queried (never
+    while dynamo traces, which cannot call the check)."""
+    return not torch.compiler.is_compiling() and is_functorch_wrapped_tensor(x)
 
 
 class Classifier(nn.Module):
@@ -61,8 +68,8 @@ class Classifier(nn.Module):
         of (1, C, 1, 1) over them runs element by element; the same subtraction and division
         run on image rows (W pixels × C channels) against mean and std tiled to that length
         (values and gradients bit for bit the same, 4× faster on CPU at C = 3, W = 32)."""
-        if x.dim() != 4 or x.shape[1] == 1 or x.is_contiguous() or not x.is_contiguous(
-                memory_format=torch.channels_last):
+        if (x.dim() != 4 or x.shape[1] == 1 or _under_vmap(x) or x.is_contiguous()
+                or not x.is_contiguous(memory_format=torch.channels_last)):
             return (x - self.mean) / self.std
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n * h, w * c)
